@@ -1,0 +1,51 @@
+# voxgate: `make run` starts the product, `make test` proves it. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+DEPS := $(CURDIR)/.deps
+export ORT_DYLIB_PATH ?= $(DEPS)/lib/libonnxruntime.so
+export VOXGATE_VOICES_DIR ?= $(DEPS)/voices
+export VOXGATE_ENVOY ?= $(DEPS)/bin/envoy
+PYTHON := $(DEPS)/venv/bin/python
+
+WASM := target/wasm32-wasip1/wasm/voxgate_filter.wasm
+SIDECAR := target/release/voxgate-sidecar
+
+.PHONY: help setup build test run stop token clean
+
+help:
+	@echo "make run    build and start the sidecar and Envoy, print a working curl"
+	@echo "make stop   stop what make run started"
+	@echo "make test   unit, component and end-to-end tests"
+	@echo "make token  print a dev JWT (SUB=, EXP=, NBF=, AUD=, ISS=, SCOPE=, ALG=, PLAN=, KID=)"
+
+setup:
+	@tools/setup.sh
+
+build: setup
+	cargo build --release -p voxgate-sidecar
+	cargo build -p voxgate-filter --target wasm32-wasip1 --profile wasm
+
+test: build
+	cargo test --release --workspace
+	$(PYTHON) -m pytest -q tests
+
+run: build
+	@$(PYTHON) -m tools.voxgate_run start
+
+stop:
+	@[ ! -x $(PYTHON) ] || $(PYTHON) -m tools.voxgate_run stop
+
+# An option is passed only when its variable is set, so `AUD=` (set, empty) leaves the claim out.
+token_option = $(if $(filter undefined,$(origin $(1))),,--$(2) '$($(1))')
+
+token:
+	@[ -x $(PYTHON) ] || tools/setup.sh >&2
+	@$(PYTHON) -m tools.devtoken $(call token_option,SUB,sub) $(call token_option,EXP,exp) \
+	  $(call token_option,NBF,nbf) $(call token_option,AUD,aud) $(call token_option,ISS,iss) \
+	  $(call token_option,SCOPE,scope) $(call token_option,ALG,alg) $(call token_option,PLAN,plan) \
+	  $(call token_option,KID,kid)
+
+clean:
+	cargo clean
+	rm -rf .run

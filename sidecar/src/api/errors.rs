@@ -1,0 +1,212 @@
+//! The error answers of the HTTP API: status code, `Retry-After` where waiting helps, and the
+//! OpenAI error body `{"error":{"type","code","message","param"}}`. Messages describe the
+//! problem without repeating the user's text.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// The error code of an answer, kept in the response extensions for the request metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    param: Option<&'static str>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    /// 400 for a request the client must change before retrying.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 400 that names the offending request field.
+    pub fn invalid_param(
+        param: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            param: Some(param),
+            ..Self::invalid(code, message)
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept this method; see the Allow header",
+        )
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+
+    pub fn body_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit_bytes} bytes"),
+        )
+    }
+
+    pub fn queue_full(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            "all synthesis workers are busy and the wait queue is full; retry later",
+        )
+        .retry_after(retry_after_secs)
+    }
+
+    pub fn queue_timeout(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_timeout",
+            "the request deadline passed while waiting for a synthesis worker; retry later",
+        )
+        .retry_after(retry_after_secs)
+    }
+
+    pub fn not_ready(retry_after_secs: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "voices are still loading; retry later",
+        )
+        .retry_after(retry_after_secs)
+    }
+
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the service is shutting down",
+        )
+    }
+
+    pub fn deadline_exceeded() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "deadline_exceeded",
+            "synthesis did not finish before the request deadline",
+        )
+    }
+
+    pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+            retry_after_secs: None,
+        }
+    }
+
+    fn retry_after(self, secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..self
+        }
+    }
+
+    fn error_type(&self) -> &'static str {
+        if self.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": {
+                "type": self.error_type(),
+                "code": self.code,
+                "message": self.message,
+                "param": self.param,
+            }
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::to_bytes;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = to_bytes(response.into_body(), 4096).await.expect("body");
+        serde_json::from_slice(&bytes).expect("JSON body")
+    }
+
+    #[tokio::test]
+    async fn invalid_param_has_openai_shape() {
+        let response = ApiError::invalid_param(
+            "speed",
+            "invalid_speed",
+            "speed must be between 0.25 and 4.0",
+        )
+        .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(
+            body_json(response).await,
+            json!({"error": {
+                "type": "invalid_request_error",
+                "code": "invalid_speed",
+                "message": "speed must be between 0.25 and 4.0",
+                "param": "speed"
+            }})
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_full_is_503_with_retry_after_and_server_error_type() {
+        let response = ApiError::queue_full(3).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(
+            response.extensions().get::<ErrorCode>().map(|c| c.0),
+            Some("queue_full")
+        );
+        let body = body_json(response).await;
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "queue_full");
+        assert_eq!(body["error"]["param"], serde_json::Value::Null);
+    }
+}

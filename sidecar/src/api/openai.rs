@@ -1,0 +1,263 @@
+//! `POST /v1/audio/speech`, OpenAI's speech request: `model`, `input`, `voice`,
+//! `response_format`, `speed`, plus `stream`/`stream_format` for chunked audio and `speaker`
+//! for multi-speaker voices. Each field is checked and refused with its own error code.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use super::errors::ApiError;
+use super::extract::{self, BodyKind};
+use super::speech::{self, SpeechRequest};
+use super::state::{AppState, LoadedVoices};
+use super::VoiceLabel;
+use crate::audio::AudioFormat;
+use crate::voice::Voice;
+
+/// Model names accepted besides the name of a loaded voice; all mean "the chosen voice".
+pub const MODEL_ALIASES: &[&str] = &["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "voxgate"];
+
+/// OpenAI's built-in voice names, answered with the default voice (or the voice named as
+/// `model`).
+pub const OPENAI_VOICES: &[&str] = &[
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+    "shimmer", "verse",
+];
+
+const KNOWN_UNSUPPORTED_FORMATS: &[&str] = &["mp3", "opus", "aac", "flac"];
+
+/// The fields of a speech request once their types and ranges are checked.
+#[derive(Debug, Clone, PartialEq)]
+struct SpeechFields {
+    model: Option<String>,
+    input: String,
+    voice: Option<String>,
+    speaker: Option<String>,
+    format: AudioFormat,
+    speed: f32,
+    stream: bool,
+}
+
+pub async fn speech(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let (voice, result) = handle(&state, &headers, body).await;
+    let mut response = result.into_response();
+    if let Some(voice) = voice {
+        response.extensions_mut().insert(voice);
+    }
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> (Option<VoiceLabel>, Result<Response, ApiError>) {
+    let fields = match read_fields(state, headers, body).await {
+        Ok(fields) => fields,
+        Err(error) => return (None, Err(error)),
+    };
+    let request = match state.voices().and_then(|voices| resolve(fields, voices)) {
+        Ok(request) => request,
+        Err(error) => return (None, Err(error)),
+    };
+    let label = VoiceLabel(request.voice.info().name.clone());
+    (Some(label), speech::respond(state, request).await)
+}
+
+async fn read_fields(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<SpeechFields, ApiError> {
+    let limits = state.limits();
+    let body = extract::read_body(body, limits.body_limit()).await?;
+    if extract::body_kind(headers, &body) != BodyKind::Json {
+        return Err(ApiError::unsupported_media_type(
+            "the body must be JSON with Content-Type: application/json",
+        ));
+    }
+    parse_fields(&extract::json_object(&body)?, limits.max_input_chars)
+}
+
+fn parse_fields(
+    map: &Map<String, Value>,
+    max_input_chars: usize,
+) -> Result<SpeechFields, ApiError> {
+    let input = extract::json_str(map, "input")?
+        .ok_or_else(|| ApiError::invalid_param("input", "missing_field", "`input` is required"))?;
+    speech::check_input(input, "input", max_input_chars)?;
+    let speed = speech::check_speed(extract::json_f64(map, "speed")?.unwrap_or(1.0))?;
+    let format = parse_format(extract::json_str(map, "response_format")?)?;
+    let stream = parse_stream(
+        extract::json_bool(map, "stream")?,
+        extract::json_str(map, "stream_format")?,
+    )?;
+    Ok(SpeechFields {
+        model: extract::json_str(map, "model")?.map(str::to_owned),
+        input: input.to_owned(),
+        voice: extract::json_str(map, "voice")?.map(str::to_owned),
+        speaker: extract::json_str_or_index(map, "speaker")?,
+        format,
+        speed,
+        stream,
+    })
+}
+
+/// `wav` is the default because OpenAI's default, `mp3`, is not produced here.
+fn parse_format(format: Option<&str>) -> Result<AudioFormat, ApiError> {
+    match format.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("wav") => Ok(AudioFormat::Wav),
+        Some("pcm") => Ok(AudioFormat::Pcm),
+        Some(other) => {
+            let known = if KNOWN_UNSUPPORTED_FORMATS.contains(&other) {
+                "is not produced by this service"
+            } else {
+                "is not a known format"
+            };
+            Err(ApiError::invalid_param(
+                "response_format",
+                "unsupported_response_format",
+                format!("`response_format` {known}; use `wav` or `pcm`"),
+            ))
+        }
+    }
+}
+
+/// Streaming is asked for with `"stream": true` or `"stream_format": "audio"`; server-sent
+/// events (`"sse"`) are not offered.
+fn parse_stream(stream: Option<bool>, stream_format: Option<&str>) -> Result<bool, ApiError> {
+    match stream_format {
+        None => Ok(stream.unwrap_or(false)),
+        Some("audio") => Ok(stream.unwrap_or(true)),
+        Some(_) => Err(ApiError::invalid_param(
+            "stream_format",
+            "unsupported_stream_format",
+            "`stream_format` must be `audio`; server-sent events are not offered",
+        )),
+    }
+}
+
+/// Picks the voice: a loaded voice named in `voice`; else an OpenAI voice name, meaning the
+/// voice named in `model` if it is one, otherwise the default voice; a missing `voice` is
+/// the same as an OpenAI name.
+fn resolve(fields: SpeechFields, voices: &LoadedVoices) -> Result<SpeechRequest, ApiError> {
+    let model_voice = match fields.model.as_deref() {
+        None => None,
+        Some(model) if MODEL_ALIASES.contains(&model) => None,
+        Some(model) => Some(voices.get(model).ok_or_else(|| {
+            ApiError::invalid_param(
+                "model",
+                "unknown_model",
+                "`model` must be tts-1, tts-1-hd, gpt-4o-mini-tts, voxgate or a voice name (GET /v1/models)",
+            )
+        })?),
+    };
+    let voice: Arc<Voice> = match fields.voice.as_deref() {
+        Some(name) if !OPENAI_VOICES.contains(&name) => voices.get(name).ok_or_else(|| {
+            ApiError::invalid_param(
+                "voice",
+                "unknown_voice",
+                "`voice` is not a loaded voice or an OpenAI voice name (GET /v1/audio/voices)",
+            )
+        })?,
+        _ => model_voice.unwrap_or_else(|| Arc::clone(voices.default_voice())),
+    };
+    let speaker = speech::resolve_speaker(&voice, fields.speaker.as_deref(), "speaker")?;
+    Ok(SpeechRequest {
+        options: speech::options_for(&voice, speaker, fields.speed),
+        voice,
+        text: fields.input,
+        format: fields.format,
+        stream: fields.stream,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(body: Value) -> Result<SpeechFields, ApiError> {
+        match body {
+            Value::Object(map) => parse_fields(&map, 4096),
+            _ => panic!("test bodies are objects"),
+        }
+    }
+
+    #[test]
+    fn minimal_request_gets_defaults() {
+        let fields = parse(json!({"input": "Hello."})).expect("valid");
+        assert_eq!(
+            fields,
+            SpeechFields {
+                model: None,
+                input: "Hello.".to_owned(),
+                voice: None,
+                speaker: None,
+                format: AudioFormat::Wav,
+                speed: 1.0,
+                stream: false,
+            }
+        );
+    }
+
+    #[test]
+    fn full_request_is_read() {
+        let fields = parse(json!({
+            "model": "tts-1", "input": "Hi there.", "voice": "alloy", "speaker": 2,
+            "response_format": "PCM", "speed": 1.5, "stream": true
+        }))
+        .expect("valid");
+        assert_eq!(fields.model.as_deref(), Some("tts-1"));
+        assert_eq!(fields.voice.as_deref(), Some("alloy"));
+        assert_eq!(fields.speaker.as_deref(), Some("2"));
+        assert_eq!(fields.format, AudioFormat::Pcm);
+        assert_eq!(fields.speed, 1.5);
+        assert!(fields.stream);
+    }
+
+    #[test]
+    fn each_bad_field_has_its_code() {
+        let cases = [
+            (json!({}), "missing_field"),
+            (json!({"input": null}), "missing_field"),
+            (json!({"input": 5}), "invalid_type"),
+            (json!({"input": ""}), "empty_input"),
+            (json!({"input": "a".repeat(4097)}), "input_too_long"),
+            (json!({"input": "Hi.", "speed": 5}), "invalid_speed"),
+            (json!({"input": "Hi.", "speed": 0.1}), "invalid_speed"),
+            (json!({"input": "Hi.", "speed": "fast"}), "invalid_type"),
+            (
+                json!({"input": "Hi.", "response_format": "mp3"}),
+                "unsupported_response_format",
+            ),
+            (
+                json!({"input": "Hi.", "response_format": "ogg"}),
+                "unsupported_response_format",
+            ),
+            (json!({"input": "Hi.", "stream": "yes"}), "invalid_type"),
+            (
+                json!({"input": "Hi.", "stream_format": "sse"}),
+                "unsupported_stream_format",
+            ),
+            (json!({"input": "Hi.", "speaker": -1}), "invalid_type"),
+            (json!({"input": "Hi.", "voice": 3}), "invalid_type"),
+        ];
+        for (body, code) in cases {
+            let shown = body.to_string();
+            assert_eq!(parse(body).unwrap_err().code(), code, "{shown}");
+        }
+    }
+
+    #[test]
+    fn stream_format_audio_turns_streaming_on() {
+        assert!(parse_stream(None, Some("audio")).expect("audio"));
+        assert!(!parse_stream(Some(false), Some("audio")).expect("explicit off"));
+        assert!(parse_stream(Some(true), None).expect("stream flag"));
+        assert!(!parse_stream(None, None).expect("default"));
+    }
+}

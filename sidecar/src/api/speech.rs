@@ -1,0 +1,326 @@
+//! What both speech APIs share: checks on the input text, speaker and speed, and the answer
+//! to a validated request: admission, synthesis sentence by sentence, then either a complete
+//! file or a chunked stream whose first chunk leaves with the first sentence.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{timeout_at, Instant};
+
+use super::errors::ApiError;
+use super::state::AppState;
+use super::synthesis::{self, Chunk, JobError, SynthesisJob, TextDigest};
+use crate::audio::{self, AudioFormat};
+use crate::text::split_sentences;
+use crate::voice::{SynthesisError, SynthesisOptions, Voice};
+
+pub const MIN_SPEED: f64 = 0.25;
+pub const MAX_SPEED: f64 = 4.0;
+
+/// Response header carrying the sample rate, which raw PCM cannot carry itself.
+pub const SAMPLE_RATE_HEADER: &str = "x-sample-rate";
+
+/// A request both APIs have validated and resolved against the voices.
+pub struct SpeechRequest {
+    pub voice: Arc<Voice>,
+    pub text: String,
+    pub options: SynthesisOptions,
+    pub format: AudioFormat,
+    pub stream: bool,
+}
+
+/// Checks the input text: present, not blank, within the character limit, and free of
+/// control characters other than tab and line breaks.
+pub fn check_input(text: &str, param: &'static str, max_chars: usize) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::invalid_param(
+            param,
+            "empty_input",
+            format!("`{param}` is empty"),
+        ));
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(ApiError::invalid_param(
+            param,
+            "input_too_long",
+            format!("`{param}` has {chars} characters; the limit is {max_chars}"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(ApiError::invalid_param(
+            param,
+            "invalid_characters",
+            format!("`{param}` contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `speed` against the OpenAI range.
+pub fn check_speed(speed: f64) -> Result<f32, ApiError> {
+    if speed.is_finite() && (MIN_SPEED..=MAX_SPEED).contains(&speed) {
+        Ok(speed as f32)
+    } else {
+        Err(ApiError::invalid_param(
+            "speed",
+            "invalid_speed",
+            format!("`speed` must be between {MIN_SPEED} and {MAX_SPEED}"),
+        ))
+    }
+}
+
+/// Resolves a speaker given by name or index; `None` or an empty string is the voice's
+/// default speaker. Unknown names and out-of-range indices are refused here, before they
+/// can reach the model.
+pub fn resolve_speaker(
+    voice: &Voice,
+    speaker: Option<&str>,
+    param: &'static str,
+) -> Result<Option<u32>, ApiError> {
+    match speaker.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(speaker) => voice.resolve_speaker(speaker).map(Some).ok_or_else(|| {
+            let info = voice.info();
+            ApiError::invalid_param(
+                param,
+                "unknown_speaker",
+                format!(
+                    "voice `{}` has no such speaker; it has {} (ids 0 to {})",
+                    info.name,
+                    describe_speakers(&info.speakers, info.num_speakers),
+                    info.num_speakers.saturating_sub(1)
+                ),
+            )
+        }),
+    }
+}
+
+fn describe_speakers(names: &[String], count: u32) -> String {
+    match (names.len(), count) {
+        (0, 1) => "a single speaker".to_owned(),
+        (0, n) => format!("{n} speakers"),
+        (_, _) if names.len() <= 16 => format!("speakers {}", names.join(", ")),
+        (_, n) => format!("{n} speakers (see GET /v1/audio/voices)"),
+    }
+}
+
+/// Synthesis options for `speed`: the voice's own pace divided by the speed factor.
+pub fn options_for(voice: &Voice, speaker: Option<u32>, speed: f32) -> SynthesisOptions {
+    SynthesisOptions {
+        speaker,
+        length_scale: Some(voice.info().length_scale / speed),
+        noise_scale: None,
+        noise_w: None,
+    }
+}
+
+/// A short, stable fingerprint of the text for logs, which never hold the text itself.
+pub fn digest(text: &str) -> TextDigest {
+    let hash = Sha256::digest(text.as_bytes());
+    TextDigest {
+        chars: text.chars().count(),
+        hash: hash[..6].iter().map(|byte| format!("{byte:02x}")).collect(),
+    }
+}
+
+/// Admits, synthesizes and answers one request.
+pub async fn respond(state: &AppState, request: SpeechRequest) -> Result<Response, ApiError> {
+    let limits = state.limits();
+    let deadline = Instant::now() + limits.request_timeout;
+    let permit = match timeout_at(deadline, state.admission().admit()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_queue_full)) => {
+            tracing::warn!(
+                voice = %request.voice.info().name,
+                waiting = state.admission().waiting(),
+                "refused: wait queue full"
+            );
+            return Err(ApiError::queue_full(limits.retry_after_secs));
+        }
+        Err(_elapsed) => return Err(ApiError::queue_timeout(limits.retry_after_secs)),
+    };
+
+    let sample_rate = request.voice.info().sample_rate;
+    let job = SynthesisJob {
+        digest: digest(&request.text),
+        sentences: split_sentences(&request.text),
+        voice: request.voice,
+        options: request.options,
+        gap: limits.sentence_gap,
+        deadline: deadline.into_std(),
+    };
+    let mut chunks = synthesis::start(job, permit);
+
+    let first = match next_chunk(&mut chunks, deadline).await? {
+        Some(first) => first,
+        None => return Err(ended_without_audio()),
+    };
+    if request.stream {
+        return Ok(streaming_response(
+            request.format,
+            sample_rate,
+            first,
+            chunks,
+        ));
+    }
+    let mut pcm = first.to_vec();
+    while let Some(chunk) = next_chunk(&mut chunks, deadline).await? {
+        pcm.extend_from_slice(&chunk);
+    }
+    Ok(complete_response(request.format, sample_rate, pcm))
+}
+
+async fn next_chunk(
+    chunks: &mut UnboundedReceiver<Chunk>,
+    deadline: Instant,
+) -> Result<Option<Bytes>, ApiError> {
+    match timeout_at(deadline, chunks.recv()).await {
+        Err(_elapsed) => Err(ApiError::deadline_exceeded()),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+        Ok(Some(Err(error))) => Err(job_error(error)),
+    }
+}
+
+fn job_error(error: JobError) -> ApiError {
+    match error {
+        JobError::DeadlineExceeded => ApiError::deadline_exceeded(),
+        JobError::NothingToSay | JobError::Synthesis(SynthesisError::EmptyText) => {
+            ApiError::invalid("empty_input", "the input has no speakable text")
+        }
+        JobError::Synthesis(SynthesisError::SpeakerOutOfRange { .. }) => ApiError::invalid(
+            "unknown_speaker",
+            "the speaker is out of range for this voice",
+        ),
+        JobError::Synthesis(_) => {
+            ApiError::internal("synthesis_failed", "synthesis failed; see the service log")
+        }
+    }
+}
+
+fn ended_without_audio() -> ApiError {
+    ApiError::internal(
+        "synthesis_failed",
+        "synthesis ended without audio; see the service log",
+    )
+}
+
+fn complete_response(format: AudioFormat, sample_rate: u32, pcm: Vec<u8>) -> Response {
+    let body = match format {
+        AudioFormat::Wav => audio::wav_file(sample_rate, &pcm),
+        AudioFormat::Pcm => pcm,
+    };
+    audio_response(format, sample_rate, Body::from(body))
+}
+
+/// The first chunk is already synthesized, so the status line and headers leave together
+/// with audio; later sentences follow as they are produced. An error after the first chunk
+/// can only cut the stream short, which the client sees as a truncated chunked body.
+fn streaming_response(
+    format: AudioFormat,
+    sample_rate: u32,
+    first: Bytes,
+    rest: UnboundedReceiver<Chunk>,
+) -> Response {
+    let first = match format {
+        AudioFormat::Wav => {
+            let mut with_header = audio::wav_header(sample_rate, None).to_vec();
+            with_header.extend_from_slice(&first);
+            Bytes::from(with_header)
+        }
+        AudioFormat::Pcm => first,
+    };
+    let rest = stream::unfold(rest, |mut rest| async move {
+        rest.recv().await.map(|chunk| (chunk, rest))
+    });
+    let body = stream::once(async move { Ok::<_, JobError>(first) }).chain(rest);
+    audio_response(format, sample_rate, Body::from_stream(body))
+}
+
+fn audio_response(format: AudioFormat, sample_rate: u32, body: Body) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    headers.insert(SAMPLE_RATE_HEADER, HeaderValue::from(sample_rate));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_must_be_present_short_and_printable() {
+        assert!(check_input("Hello there.", "input", 4096).is_ok());
+        assert!(check_input("Line one.\nLine two.\tTabbed.", "input", 4096).is_ok());
+        assert_eq!(
+            check_input("", "input", 10).unwrap_err().code(),
+            "empty_input"
+        );
+        assert_eq!(
+            check_input(" \n\t ", "input", 10).unwrap_err().code(),
+            "empty_input"
+        );
+        assert_eq!(
+            check_input("a\u{0}b", "input", 10).unwrap_err().code(),
+            "invalid_characters"
+        );
+        assert_eq!(
+            check_input("a\u{1b}[31m", "input", 10).unwrap_err().code(),
+            "invalid_characters"
+        );
+    }
+
+    #[test]
+    fn input_limit_counts_characters_not_bytes() {
+        let accented = "é".repeat(4096);
+        assert_eq!(accented.len(), 8192);
+        assert!(check_input(&accented, "input", 4096).is_ok());
+        let error = check_input(&"a".repeat(4097), "input", 4096).unwrap_err();
+        assert_eq!(error.code(), "input_too_long");
+    }
+
+    #[test]
+    fn speed_range_is_inclusive_and_rejects_non_finite() {
+        assert_eq!(check_speed(0.25).expect("min"), 0.25);
+        assert_eq!(check_speed(4.0).expect("max"), 4.0);
+        assert_eq!(check_speed(1.0).expect("normal"), 1.0);
+        for bad in [0.2499, 4.0001, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert_eq!(
+                check_speed(bad).unwrap_err().code(),
+                "invalid_speed",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn digest_is_short_stable_and_hides_the_text() {
+        let first = digest("Hello world.");
+        assert_eq!(first.chars, 12);
+        assert_eq!(first.hash.len(), 12);
+        assert_eq!(first.hash, digest("Hello world.").hash);
+        assert_ne!(first.hash, digest("Hello world!").hash);
+        assert!(!first.hash.contains("Hello"));
+    }
+
+    #[test]
+    fn speaker_descriptions() {
+        assert_eq!(describe_speakers(&[], 1), "a single speaker");
+        assert_eq!(describe_speakers(&[], 4), "4 speakers");
+        let names = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(describe_speakers(&names, 2), "speakers a, b");
+    }
+}

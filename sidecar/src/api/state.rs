@@ -1,0 +1,133 @@
+//! State shared by the handlers: request limits, the admission queue, the voices once they
+//! are loaded, whether the service is draining for shutdown, and the metrics renderer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::errors::ApiError;
+use crate::admission::Admission;
+use crate::voice::{Voice, VoiceCatalog};
+
+/// Request limits and timings taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_input_chars: usize,
+    pub request_timeout: Duration,
+    pub sentence_gap: Duration,
+    pub retry_after_secs: u64,
+}
+
+impl Limits {
+    /// Largest body accepted: room for the longest input even if every character arrives as
+    /// a JSON `\uXXXX\uXXXX` escape, plus the other fields.
+    pub fn body_limit(&self) -> usize {
+        self.max_input_chars.saturating_mul(12).saturating_add(4096)
+    }
+}
+
+/// The catalog and the voice used when a request names none.
+pub struct LoadedVoices {
+    catalog: VoiceCatalog,
+    default_voice: Arc<Voice>,
+}
+
+impl LoadedVoices {
+    /// Picks the default voice: the one named, or the first by name.
+    pub fn new(catalog: VoiceCatalog, default_name: Option<&str>) -> anyhow::Result<Self> {
+        let default_voice = match default_name {
+            Some(name) => catalog.get(name).ok_or_else(|| {
+                anyhow::anyhow!("the default voice `{name}` is not in the voices folder")
+            })?,
+            None => catalog
+                .voices()
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("the voices folder holds no voice"))?,
+        };
+        Ok(LoadedVoices {
+            catalog,
+            default_voice,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Voice>> {
+        self.catalog.get(name)
+    }
+
+    pub fn all(&self) -> Vec<Arc<Voice>> {
+        self.catalog.voices()
+    }
+
+    pub fn default_voice(&self) -> &Arc<Voice> {
+        &self.default_voice
+    }
+}
+
+/// Cheap to clone; every handler gets one.
+#[derive(Clone)]
+pub struct AppState {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    limits: Limits,
+    admission: Admission,
+    voices: OnceLock<LoadedVoices>,
+    draining: AtomicBool,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn new(limits: Limits, admission: Admission, metrics: PrometheusHandle) -> Self {
+        AppState {
+            shared: Arc::new(Shared {
+                limits,
+                admission,
+                voices: OnceLock::new(),
+                draining: AtomicBool::new(false),
+                metrics,
+            }),
+        }
+    }
+
+    /// Makes the service ready. Voices are loaded once; a second call is refused.
+    pub fn set_voices(&self, voices: LoadedVoices) -> anyhow::Result<()> {
+        self.shared
+            .voices
+            .set(voices)
+            .map_err(|_| anyhow::anyhow!("voices are already loaded"))
+    }
+
+    /// The voices, or 503 `not_ready` while they load.
+    pub fn voices(&self) -> Result<&LoadedVoices, ApiError> {
+        self.shared
+            .voices
+            .get()
+            .ok_or_else(|| ApiError::not_ready(self.shared.limits.retry_after_secs))
+    }
+
+    /// From now on `/readyz` answers 503 so that balancers stop sending traffic; requests
+    /// already accepted still finish.
+    pub fn begin_draining(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Acquire)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.shared.admission
+    }
+
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.shared.metrics
+    }
+}

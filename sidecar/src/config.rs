@@ -1,0 +1,178 @@
+//! Command-line flags and environment variables of the sidecar, and the defaults derived
+//! from the machine (CPU cores) when a value is not given.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Every setting can be given as a flag or as the environment variable named beside it.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "voxgate-sidecar",
+    version,
+    about = "Text-to-speech HTTP service for Piper and Coqui VITS voices (OpenAI and Coqui APIs)"
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "VOXGATE_SIDECAR_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+
+    /// TCP port to listen on (5002 is the port of Coqui's TTS server).
+    #[arg(long, env = "VOXGATE_SIDECAR_PORT", default_value_t = 5002)]
+    pub port: u16,
+
+    /// Folder of voices: Piper `NAME.onnx` + `NAME.onnx.json`, Coqui `NAME/model.onnx` + `NAME/config.json`.
+    #[arg(long, env = "VOXGATE_VOICES_DIR")]
+    pub voices_dir: PathBuf,
+
+    /// Voice used when a request names none or names an OpenAI voice such as `alloy`
+    /// [default: the first voice by name].
+    #[arg(long, env = "VOXGATE_DEFAULT_VOICE")]
+    pub default_voice: Option<String>,
+
+    /// Syntheses that run at the same time [default: CPU cores / intra-op threads].
+    #[arg(long, env = "VOXGATE_SIDECAR_WORKERS")]
+    pub workers: Option<NonZeroUsize>,
+
+    /// ONNX Runtime sessions loaded per voice [default: the number of workers].
+    #[arg(long, env = "VOXGATE_SIDECAR_SESSIONS_PER_VOICE")]
+    pub sessions_per_voice: Option<NonZeroUsize>,
+
+    /// Threads ONNX Runtime uses inside one inference.
+    #[arg(long, env = "VOXGATE_SIDECAR_INTRA_OP_THREADS", default_value = "1")]
+    pub intra_op_threads: NonZeroUsize,
+
+    /// Requests allowed to wait for a busy worker; beyond that the answer is 503 at once.
+    #[arg(long, env = "VOXGATE_SIDECAR_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+
+    /// Deadline of one speech request, queueing included, in milliseconds.
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_REQUEST_TIMEOUT_MS",
+        default_value = "60000"
+    )]
+    pub request_timeout_ms: NonZeroU64,
+
+    /// Longest accepted input, in Unicode characters.
+    #[arg(long, env = "VOXGATE_SIDECAR_MAX_INPUT_CHARS", default_value = "4096")]
+    pub max_input_chars: NonZeroUsize,
+
+    /// Silence inserted between sentences, in milliseconds.
+    #[arg(long, env = "VOXGATE_SIDECAR_SENTENCE_GAP_MS", default_value_t = 120)]
+    pub sentence_gap_ms: u32,
+
+    /// Seconds sent in `Retry-After` when the queue is full or the voices are not loaded yet.
+    #[arg(long, env = "VOXGATE_SIDECAR_RETRY_AFTER_SECS", default_value_t = 1)]
+    pub retry_after_secs: u64,
+
+    /// Log filter in `tracing` syntax, e.g. `info` or `voxgate_sidecar=debug,info`.
+    #[arg(long, env = "VOXGATE_SIDECAR_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.map_or_else(
+            || default_workers(available_cores(), self.intra_op_threads.get()),
+            NonZeroUsize::get,
+        )
+    }
+
+    pub fn sessions_per_voice(&self) -> usize {
+        self.sessions_per_voice
+            .map_or_else(|| self.workers(), NonZeroUsize::get)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms.get())
+    }
+
+    pub fn sentence_gap(&self) -> Duration {
+        Duration::from_millis(u64::from(self.sentence_gap_ms))
+    }
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+}
+
+/// One worker per group of `intra_op_threads` cores: two sessions of one thread each beat one
+/// session of two threads for throughput, so the cores are split between whole syntheses.
+fn default_workers(cores: usize, intra_op_threads: usize) -> usize {
+    (cores / intra_op_threads.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Config {
+        let mut args = vec!["voxgate-sidecar", "--voices-dir", "/voices"];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).expect("valid flags")
+    }
+
+    #[test]
+    fn workers_split_cores_between_intra_op_threads() {
+        assert_eq!(default_workers(2, 1), 2);
+        assert_eq!(default_workers(8, 2), 4);
+        assert_eq!(default_workers(2, 4), 1);
+        assert_eq!(default_workers(1, 1), 1);
+    }
+
+    #[test]
+    fn explicit_flags_win() {
+        let config = parse(&[
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            "6000",
+            "--workers",
+            "3",
+            "--sessions-per-voice",
+            "5",
+            "--intra-op-threads",
+            "2",
+            "--max-queue",
+            "0",
+            "--request-timeout-ms",
+            "1500",
+            "--sentence-gap-ms",
+            "0",
+        ]);
+        assert_eq!(config.listen_addr().to_string(), "0.0.0.0:6000");
+        assert_eq!(config.workers(), 3);
+        assert_eq!(config.sessions_per_voice(), 5);
+        assert_eq!(config.max_queue, 0);
+        assert_eq!(config.request_timeout(), Duration::from_millis(1500));
+        assert_eq!(config.sentence_gap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn sessions_follow_workers_by_default() {
+        let config = parse(&["--workers", "3", "--intra-op-threads", "1"]);
+        assert_eq!(config.sessions_per_voice(), 3);
+    }
+
+    #[test]
+    fn zero_workers_and_zero_threads_are_refused() {
+        for flag in [
+            "--workers",
+            "--intra-op-threads",
+            "--max-input-chars",
+            "--request-timeout-ms",
+        ] {
+            let result =
+                Config::try_parse_from(["voxgate-sidecar", "--voices-dir", "/v", flag, "0"]);
+            assert!(result.is_err(), "{flag} 0 must be refused");
+        }
+    }
+}

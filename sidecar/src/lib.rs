@@ -1,0 +1,16 @@
+//! voxgate sidecar: text-to-speech for Piper and Coqui VITS voices on ONNX Runtime.
+//!
+//! Synthesis path: text → sentences → espeak-ng phonemes → token ids → ONNX → samples.
+//! The HTTP layer (`api`) admits requests through a bounded queue and runs inference
+//! off the async runtime.
+pub mod phonemize;
+pub mod text;
+pub mod tokenizer;
+pub mod voice;
+pub mod inference;
+
+pub mod admission;
+pub mod api;
+pub mod audio;
+pub mod config;
+pub mod metrics;

@@ -1,0 +1,333 @@
+//! Text → IPA phonemes through libespeak-ng, safe to call from many threads.
+//!
+//! espeak-ng keeps global state (the selected voice, a static output buffer and a
+//! character it has read ahead), so every call runs under one process-wide lock and
+//! consumes its whole text before releasing it.
+//!
+//! Stock espeak-ng 1.51 returns each clause's phonemes without the punctuation that
+//! ended the clause (Piper's patched espeak reports it). The punctuation carries
+//! prosody for VITS voices, so it is recovered from the input text each call
+//! consumed and appended to the clause, the way Piper and Coqui write it:
+//! `həlˈoʊ, wˈɜːld. ðɪs ɪz ɐ tˈɛst!`.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
+
+/// Characters that end a clause and are kept in the phoneme string.
+const CLAUSE_PUNCTUATION: &[char] = &['.', ',', '!', '?', ';', ':', '…'];
+
+/// Characters that may follow a clause's punctuation without belonging to the next
+/// clause: closing quotes and brackets (`"Hi." Then`).
+const CLAUSE_CLOSERS: &[char] = &['"', '\'', '”', '’', '»', ')', ']', '}'];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhonemizeError {
+    #[error("espeak-ng could not be initialized (is espeak-ng-data installed?)")]
+    Unavailable,
+    #[error("espeak-ng has no voice named {0:?}")]
+    UnknownVoice(String),
+}
+
+/// Phonemizes `text` with the espeak-ng voice `voice` (e.g. `en-us`), keeping clause
+/// punctuation. Clauses are separated by a single space.
+pub fn phonemize(text: &str, voice: &str) -> Result<String, PhonemizeError> {
+    let espeak = espeak()?;
+    let mut espeak = espeak
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    espeak.select_voice(voice)?;
+    let clauses = espeak.clauses(text);
+    Ok(join_clauses(&clauses))
+}
+
+/// Checks, without phonemizing anything, that espeak-ng works and knows `voice`.
+/// Used when voices are loaded so a bad voice fails at start, not per request.
+pub fn check_voice(voice: &str) -> Result<(), PhonemizeError> {
+    let espeak = espeak()?;
+    let mut espeak = espeak
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    espeak.select_voice(voice)
+}
+
+/// One clause as espeak produced it, with the punctuation that ended it in the input.
+#[derive(Debug, PartialEq)]
+struct Clause {
+    phonemes: String,
+    punctuation: String,
+}
+
+fn join_clauses(clauses: &[Clause]) -> String {
+    let mut out = String::new();
+    for clause in clauses {
+        let phonemes = strip_language_flags(&clause.phonemes);
+        let phonemes = phonemes.trim();
+        if phonemes.is_empty() && clause.punctuation.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(phonemes);
+        out.push_str(&clause.punctuation);
+    }
+    out
+}
+
+/// The punctuation that ended a clause: the trailing run of clause punctuation in
+/// the clause's input, looking through whitespace and closing quotes or brackets.
+fn clause_punctuation(clause_text: &str) -> String {
+    let trimmed =
+        clause_text.trim_end_matches(|c: char| c.is_whitespace() || CLAUSE_CLOSERS.contains(&c));
+    let run_start = trimmed
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| CLAUSE_PUNCTUATION.contains(c))
+        .last()
+        .map_or(trimmed.len(), |(i, _)| i);
+    trimmed[run_start..].to_string()
+}
+
+/// espeak marks words it reads with another language's rules as `(fr)…(en)`; the
+/// flags are not phonemes, so they are dropped (as Piper and Coqui do).
+fn strip_language_flags(phonemes: &str) -> String {
+    let mut out = String::with_capacity(phonemes.len());
+    let mut rest = phonemes;
+    while let Some(open) = rest.find('(') {
+        let after = &rest[open + 1..];
+        match after.find(')') {
+            Some(close)
+                if after[..close]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
+                out.push_str(&rest[..open]);
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..=open]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
+const ESPEAK_INITIALIZE_DONT_EXIT: c_int = 0x8000;
+const ESPEAK_CHARS_UTF8: c_int = 1;
+/// `phonememode` bit 1: IPA as UTF-8 instead of espeak's ASCII phoneme names; no
+/// separator between phonemes (bits 8–23 zero).
+const PHONEME_MODE_IPA: c_int = 0x02;
+const EE_OK: c_int = 0;
+
+#[link(name = "espeak-ng")]
+extern "C" {
+    fn espeak_Initialize(
+        output: c_int,
+        buflength: c_int,
+        path: *const c_char,
+        options: c_int,
+    ) -> c_int;
+    fn espeak_SetVoiceByName(name: *const c_char) -> c_int;
+    fn espeak_TextToPhonemes(
+        textptr: *mut *const c_void,
+        textmode: c_int,
+        phonememode: c_int,
+    ) -> *const c_char;
+}
+
+struct Espeak {
+    voice: Option<String>,
+}
+
+fn espeak() -> Result<&'static Mutex<Espeak>, PhonemizeError> {
+    static ESPEAK: OnceLock<Option<Mutex<Espeak>>> = OnceLock::new();
+    ESPEAK
+        .get_or_init(|| {
+            // SAFETY: called once, before any other espeak function; a null path
+            // selects the default data directory (or ESPEAK_DATA_PATH).
+            let sample_rate = unsafe {
+                espeak_Initialize(
+                    AUDIO_OUTPUT_SYNCHRONOUS,
+                    0,
+                    std::ptr::null(),
+                    ESPEAK_INITIALIZE_DONT_EXIT,
+                )
+            };
+            (sample_rate > 0).then(|| Mutex::new(Espeak { voice: None }))
+        })
+        .as_ref()
+        .ok_or(PhonemizeError::Unavailable)
+}
+
+impl Espeak {
+    fn select_voice(&mut self, voice: &str) -> Result<(), PhonemizeError> {
+        if self.voice.as_deref() == Some(voice) {
+            return Ok(());
+        }
+        let name =
+            CString::new(voice).map_err(|_| PhonemizeError::UnknownVoice(voice.to_string()))?;
+        // SAFETY: espeak is initialized and the caller holds the lock.
+        let status = unsafe { espeak_SetVoiceByName(name.as_ptr()) };
+        if status != EE_OK {
+            self.voice = None;
+            return Err(PhonemizeError::UnknownVoice(voice.to_string()));
+        }
+        self.voice = Some(voice.to_string());
+        Ok(())
+    }
+
+    /// Runs espeak over the whole text, one clause per call.
+    ///
+    /// Each call advances the text pointer past the clause and past one more
+    /// character that espeak read ahead and keeps internally for the next call, so
+    /// the clause's own input ends one character before the returned pointer.
+    fn clauses(&mut self, text: &str) -> Vec<Clause> {
+        let input = CString::new(text.replace('\0', " ")).unwrap_or_default();
+        let bytes = input.as_bytes();
+        let base = input.as_ptr() as usize;
+        let mut cursor: *const c_void = input.as_ptr().cast();
+        let mut clause_start = 0usize;
+        let mut clauses = Vec::new();
+        // Each call consumes at least one character or ends the text; the bound
+        // only guards against a library that stops advancing.
+        for _ in 0..=bytes.len() + 1 {
+            // SAFETY: `cursor` points into `input` (NUL-terminated, alive for the
+            // whole loop) or was set to null by espeak, which ends the loop below.
+            let phonemes_ptr =
+                unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, PHONEME_MODE_IPA) };
+            let phonemes = if phonemes_ptr.is_null() {
+                String::new()
+            } else {
+                // SAFETY: espeak returns a NUL-terminated string in its own buffer,
+                // valid until the next call; it is copied at once.
+                unsafe { CStr::from_ptr(phonemes_ptr) }
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            let clause_end = if cursor.is_null() {
+                bytes.len()
+            } else {
+                let consumed = (cursor as usize).saturating_sub(base).min(bytes.len());
+                start_of_last_char(text, consumed).max(clause_start)
+            };
+            let clause_text = text.get(clause_start..clause_end).unwrap_or("");
+            clauses.push(Clause {
+                phonemes,
+                punctuation: clause_punctuation(clause_text),
+            });
+            clause_start = clause_end;
+            if cursor.is_null() || phonemes_ptr.is_null() {
+                break;
+            }
+        }
+        clauses
+    }
+}
+
+/// Byte offset where the character ending at `end` starts (espeak's read-ahead).
+fn start_of_last_char(text: &str, end: usize) -> usize {
+    text.get(..end)
+        .and_then(|head| head.char_indices().next_back())
+        .map_or(0, |(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn punctuation_is_the_trailing_run_through_spaces_and_closers() {
+        assert_eq!(clause_punctuation("Hello world. "), ".");
+        assert_eq!(clause_punctuation("He said \"hi.\" "), ".");
+        assert_eq!(clause_punctuation("Wait (really)? "), "?");
+        assert_eq!(clause_punctuation("One?! "), "?!");
+        assert_eq!(clause_punctuation("three… "), "…");
+        assert_eq!(clause_punctuation("Hello\n\n"), "");
+        assert_eq!(clause_punctuation(""), "");
+    }
+
+    #[test]
+    fn language_flags_are_removed_and_other_parentheses_kept() {
+        assert_eq!(strip_language_flags("(fr)ʃɑːtˈo(en) hˈaʊs"), "ʃɑːtˈo hˈaʊs");
+        assert_eq!(strip_language_flags("(en-us)a"), "a");
+        assert_eq!(strip_language_flags("a(b c)d("), "a(b c)d(");
+    }
+
+    #[test]
+    fn clauses_join_with_their_punctuation() {
+        let clauses = [
+            Clause {
+                phonemes: "həlˈoʊ".into(),
+                punctuation: ",".into(),
+            },
+            Clause {
+                phonemes: "wˈɜːld".into(),
+                punctuation: "".into(),
+            },
+            Clause {
+                phonemes: "".into(),
+                punctuation: "".into(),
+            },
+        ];
+        assert_eq!(join_clauses(&clauses), "həlˈoʊ, wˈɜːld");
+    }
+
+    #[test]
+    fn matches_coqui_espeak_fixture() {
+        let phonemes = phonemize("Hello world. This is a test!", "en-us").unwrap();
+        assert_eq!(phonemes, "həlˈoʊ wˈɜːld. ðɪs ɪz ɐ tˈɛst!");
+    }
+
+    #[test]
+    fn keeps_every_clause_punctuation() {
+        let phonemes = phonemize("Hello, world; how are you? Fine: thanks! Yes.", "en-us").unwrap();
+        assert_eq!(
+            phonemes,
+            "həlˈoʊ, wˈɜːld; hˈaʊ ɑːɹ juː? fˈaɪn: θˈæŋks! jˈɛs."
+        );
+    }
+
+    #[test]
+    fn read_ahead_character_is_not_lost_across_multibyte_text() {
+        assert_eq!(
+            phonemize("Café, naïve élan! Ünder", "en-us").unwrap(),
+            "kæfˈeɪ, naɪˈiːv eɪlˈɑːn! ˈuːndɚ"
+        );
+        assert_eq!(
+            phonemize("He said \"hi.\" Then left.", "en-us").unwrap(),
+            "hiː sˈɛd hˈaɪ. ðˈɛn lˈɛft."
+        );
+    }
+
+    #[test]
+    fn empty_text_gives_no_phonemes() {
+        assert_eq!(phonemize("", "en-us").unwrap(), "");
+        assert_eq!(phonemize("   ", "en-us").unwrap(), "");
+    }
+
+    #[test]
+    fn unknown_voice_is_an_error() {
+        assert!(matches!(
+            phonemize("hi", "no-such-voice"),
+            Err(PhonemizeError::UnknownVoice(_))
+        ));
+        assert_eq!(phonemize("hi", "en-us").unwrap(), "hˈaɪ");
+    }
+
+    #[test]
+    fn concurrent_calls_do_not_interfere() {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..20)
+                        .map(|_| phonemize("Hello world. This is a test!", "en-us").unwrap())
+                        .all(|p| p == "həlˈoʊ wˈɜːld. ðɪs ɪz ɐ tˈɛst!")
+                })
+            })
+            .collect();
+        assert!(handles.into_iter().all(|h| h.join().unwrap()));
+    }
+}
