@@ -1,0 +1,253 @@
+//! JWT authentication: JWKS keys, token verification, the verified-token cache.
+//!
+//! `AuthConfig::compile` builds one `Authenticator` per worker. It is pure logic: the
+//! pipeline hands it the request headers, the current time and fetched JWKS bodies, and
+//! answers with the `Rejection`s it returns. A token is checked for size, then looked up in
+//! the cache (a hit only re-checks the expiry); otherwise the cheap checks run (structure,
+//! algorithm, issuer, key id, validity window, subject) before the one signature check.
+//! Audience and scopes are judged on authentic tokens only, so a 403 always concerns a
+//! genuine token.
+
+mod cache;
+mod claims;
+mod config;
+mod extract;
+mod forward;
+mod jwks;
+mod provider;
+mod reject;
+mod remote;
+mod token;
+mod verify;
+
+#[cfg(test)]
+mod test_keys;
+#[cfg(test)]
+mod tests;
+
+use std::cell::Cell;
+
+use serde_json::{Map, Value};
+
+use crate::decision::Rejection;
+use cache::{CachedToken, TokenCache};
+use jwks::{KeyMiss, KeySet};
+use provider::{KeysReplaced, Provider};
+
+pub use config::{AuthConfig, FailedAuthLimit, ProviderConfig, RemoteJwksConfig};
+pub use forward::{FORWARDED_PREFIX, ISSUER_HEADER, SUBJECT_HEADER};
+pub use jwks::MAX_JWKS_BYTES;
+pub use reject::{token_missing, REALM, REJECTION_CODES};
+pub use remote::RemoteJwksSource;
+
+/// An authenticated request's identity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The `sub` claim.
+    pub subject: String,
+    /// The `iss` claim (the provider's configured issuer).
+    pub issuer: String,
+    /// The `exp` claim; `u64::MAX` for a provider with `require_exp: false` and a token without one.
+    pub expires_at: u64,
+    /// Every claim of the token.
+    pub claims: Map<String, Value>,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthStats {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub cache_entries: usize,
+    /// Tokens that reached a signature check.
+    pub signature_checks: u64,
+}
+
+/// The validated configuration, as `AuthConfig::compile` hands it over.
+pub(crate) struct Settings {
+    pub providers: Vec<Provider>,
+    /// Header carrying a raw token, besides `Authorization: Bearer`.
+    pub token_header: Option<String>,
+    pub clock_skew_s: u64,
+    pub required_scopes: Vec<String>,
+    /// The required scopes as the challenge's `scope` attribute.
+    pub required_scopes_text: String,
+    pub forward_claims: Vec<(String, String)>,
+    pub cache_entries: usize,
+    pub cache_ttl_s: u64,
+    pub max_token_bytes: usize,
+    pub failed_auth: Option<FailedAuthLimit>,
+}
+
+/// Verifies bearer tokens for one worker; holds that worker's token cache.
+pub struct Authenticator {
+    settings: Settings,
+    cache: TokenCache,
+    signature_checks: Cell<u64>,
+    /// Latest time the pipeline has told us, to schedule a fetch whose dispatch was not noted.
+    observed_now_s: Cell<u64>,
+}
+
+impl Authenticator {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Authenticator {
+            cache: TokenCache::new(settings.cache_entries),
+            settings,
+            signature_checks: Cell::new(0),
+            observed_now_s: Cell::new(0),
+        }
+    }
+
+    /// The request's token: `Ok(None)` without one (answer with `token_missing()`), a 401 for a
+    /// malformed `Authorization`, another scheme, or more than one token.
+    pub fn token_from_headers(&self, headers: &[(String, String)]) -> Result<Option<String>, Rejection> {
+        extract::token_from_headers(headers, self.settings.token_header.as_deref())
+    }
+
+    /// Verifies a token at `now_s` (seconds since the epoch): 401 `invalid_token` for anything
+    /// wrong with the token, 403 `insufficient_scope` for an authentic token that is not
+    /// allowed here (other audience, missing scope).
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, Rejection> {
+        self.observe(now_s);
+        let settings = &self.settings;
+        if token.len() > settings.max_token_bytes {
+            return Err(reject::invalid_token("token_too_large", "the token is larger than allowed"));
+        }
+        let digest = cache::digest(token);
+        if let Some(cached) = self.cache.get(&digest, now_s) {
+            return self.authorize(cached.provider, cached.verified);
+        }
+
+        let parsed = token::parse(token)?;
+        let issuer = claims::issuer(&parsed.claims)?;
+        let provider_index = settings
+            .providers
+            .iter()
+            .position(|p| p.issuer == issuer)
+            .ok_or_else(|| reject::invalid_token("wrong_issuer", "the token's issuer is not trusted"))?;
+        let provider = &settings.providers[provider_index];
+        let keys = provider.keys().ok_or_else(|| {
+            reject::invalid_token("keys_unavailable", "the issuer's signing keys are not available yet")
+        })?;
+        let candidates = keys.candidates(parsed.kid.as_deref(), parsed.alg).map_err(|miss| match miss {
+            KeyMiss::UnknownKid => {
+                provider.request_early_refresh(now_s);
+                reject::invalid_token("unknown_key", "the token's key id is not known")
+            }
+            KeyMiss::AlgorithmNotAllowed => {
+                reject::invalid_token("algorithm_not_allowed", "the token's algorithm is not accepted for its key")
+            }
+        })?;
+        let expires_at = claims::check_times(&parsed.claims, now_s, settings.clock_skew_s, provider.require_exp)?;
+        let subject = claims::subject(&parsed.claims)?.to_string();
+
+        self.signature_checks.set(self.signature_checks.get() + 1);
+        verify::check_signature(&candidates, token, now_s, settings.clock_skew_s, settings.max_token_bytes)?;
+
+        let verified = Verified {
+            subject,
+            issuer: provider.issuer.clone(),
+            expires_at: expires_at.unwrap_or(u64::MAX),
+            claims: parsed.claims,
+        };
+        let valid_until_s = match expires_at {
+            Some(exp) => exp.saturating_add(settings.clock_skew_s),
+            None => now_s.saturating_add(settings.cache_ttl_s),
+        };
+        self.cache.insert(digest, valid_until_s, CachedToken { provider: provider_index, verified: verified.clone() });
+        self.authorize(provider_index, verified)
+    }
+
+    /// Audience and scopes, judged on every use of an authentic token (cached or not).
+    fn authorize(&self, provider: usize, verified: Verified) -> Result<Verified, Rejection> {
+        claims::check_audience(&verified.claims, &self.settings.providers[provider].audiences)?;
+        claims::check_scopes(&verified.claims, &self.settings.required_scopes, &self.settings.required_scopes_text)?;
+        Ok(verified)
+    }
+
+    /// `x-voxgate-subject`, `x-voxgate-issuer` and the configured `forward_claims` headers.
+    pub fn forwarded_headers(&self, verified: &Verified) -> Vec<(String, String)> {
+        forward::forwarded_headers(verified, &self.settings.forward_claims)
+    }
+
+    /// Every remote JWKS and when it is next due.
+    pub fn remote_jwks(&self) -> Vec<RemoteJwksSource> {
+        self.settings.providers.iter().filter_map(Provider::source).collect()
+    }
+
+    /// The remote JWKS to fetch now, each marked in flight so the next tick does not fetch it
+    /// again; answer each with `update_jwks` or `note_fetch_failed`. A fetch left unanswered
+    /// past its timeout becomes due again.
+    pub fn due_jwks_fetches(&self, now_s: u64) -> Vec<RemoteJwksSource> {
+        self.observe(now_s);
+        let mut due = Vec::new();
+        for provider in self.settings.providers.iter().filter(|p| p.is_fetch_due(now_s)) {
+            provider.fetch_started(now_s);
+            due.extend(provider.source());
+        }
+        due
+    }
+
+    /// Installs a fetched JWKS body for a remote provider and returns its number of usable
+    /// keys. A body that does not parse or holds no usable key is refused, the last good set
+    /// stays in use, and the next attempt is scheduled with backoff.
+    pub fn update_jwks(&self, provider: &str, body: &[u8]) -> Result<usize, String> {
+        let now_s = self.observed_now_s.get();
+        let (index, provider) = self.remote_provider(provider)?;
+        let keys = match KeySet::from_fetched(body) {
+            Ok(keys) => keys,
+            Err(message) => {
+                provider.fetch_failed(now_s);
+                return Err(message);
+            }
+        };
+        let count = keys.len();
+        if provider.replace_keys(keys, now_s) == KeysReplaced::Changed {
+            // A key withdrawn by the provider must stop vouching for cached tokens at once.
+            self.cache.forget_provider(index);
+        }
+        Ok(count)
+    }
+
+    /// A fetch failed before a body arrived (HTTP error, timeout, dispatch failure).
+    pub fn note_fetch_failed(&self, provider: &str, now_s: u64) {
+        self.observe(now_s);
+        if let Ok((_, provider)) = self.remote_provider(provider) {
+            provider.fetch_failed(now_s);
+        }
+    }
+
+    /// Size of the per-client-address bucket charged for each failed authentication.
+    pub fn failed_auth_limit(&self) -> Option<FailedAuthLimit> {
+        self.settings.failed_auth
+    }
+
+    /// (hits, misses) of the verified-token cache.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.cache.hits(), self.cache.misses())
+    }
+
+    pub fn stats(&self) -> AuthStats {
+        AuthStats {
+            cache_hits: self.cache.hits(),
+            cache_misses: self.cache.misses(),
+            cache_entries: self.cache.len(),
+            signature_checks: self.signature_checks.get(),
+        }
+    }
+
+    fn remote_provider(&self, name: &str) -> Result<(usize, &Provider), String> {
+        self.settings
+            .providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name == name && p.is_remote())
+            .ok_or_else(|| format!("no provider named {name} has a remote JWKS"))
+    }
+
+    fn observe(&self, now_s: u64) {
+        if now_s > self.observed_now_s.get() {
+            self.observed_now_s.set(now_s);
+        }
+    }
+}

@@ -1,0 +1,1111 @@
+//! The request flow: what the filter decides for one HTTP request, step by step, over `Host`.
+//!
+//! Headers: strip client `x-voxgate-*` → route → method → (auth routes) failed-auth bucket,
+//! token, verification, forwarded identity → (speech routes) content type, declared length.
+//! Body (speech POST): buffered up to the byte limit, then validated. Then the rate limits,
+//! and only then does the request continue: the upstream never sees a refused request.
+//! Any unexpected host or store error refuses the request (500), never lets it through.
+
+use std::rc::Rc;
+
+use proxy_wasm::types::{Action, LogLevel};
+
+use crate::auth;
+use crate::config::CompiledConfig;
+use crate::decision::Rejection;
+use crate::host::{Host, HostError};
+use crate::metrics::{Metrics, ALLOWED};
+use crate::ratelimit::{Identity, StoreError};
+use crate::response::{self, RequestLabels};
+use crate::routes::{self, Route};
+use crate::validate::Api;
+
+/// Everything a request needs that lives as long as one VM's configuration.
+pub struct Guard {
+    pub config: CompiledConfig,
+    pub metrics: Metrics,
+}
+
+/// Prefix of the headers the filter owns towards the upstream.
+const OWN_HEADER_PREFIX: &str = "x-voxgate-";
+
+/// Why the flow stopped a request.
+enum Stop {
+    Refused(Rejection),
+    /// The host or the store failed: the request is refused, never let through.
+    Internal(String),
+}
+
+impl From<Rejection> for Stop {
+    fn from(r: Rejection) -> Self {
+        Stop::Refused(r)
+    }
+}
+
+impl From<HostError> for Stop {
+    fn from(e: HostError) -> Self {
+        Stop::Internal(e.to_string())
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Internal(match e {
+            StoreError::CasMismatch => "shared data kept changing (CAS retries exhausted)".to_string(),
+            StoreError::Other(message) => message,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Headers,
+    /// Headers checked; the body is being buffered for validation.
+    AwaitingBody,
+    /// The request was let through; only response headers and the end remain.
+    Forwarded,
+    /// A local response was sent (or could not be).
+    Answered,
+}
+
+/// Per-request state of the flow.
+pub struct RequestFlow {
+    guard: Option<Rc<Guard>>,
+    stage: Stage,
+    route: Option<Route>,
+    client_ip: String,
+    subject: Option<String>,
+    plan: Option<String>,
+    content_type: Option<String>,
+    query: String,
+    body_seen: usize,
+    rate_limit_headers: Vec<(String, String)>,
+    holds_in_flight: bool,
+}
+
+impl RequestFlow {
+    /// `guard` is `None` when the VM has no valid configuration: every request is refused.
+    pub fn new(guard: Option<Rc<Guard>>) -> Self {
+        RequestFlow {
+            guard,
+            stage: Stage::Headers,
+            route: None,
+            client_ip: String::new(),
+            subject: None,
+            plan: None,
+            content_type: None,
+            query: String::new(),
+            body_seen: 0,
+            rate_limit_headers: Vec::new(),
+            holds_in_flight: false,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Action {
+        let Some(guard) = self.guard.clone() else {
+            let rejection = Rejection::new(
+                503,
+                "filter_not_configured",
+                "the gateway filter has no valid configuration",
+            );
+            host.log(
+                LogLevel::Error,
+                "voxgate: refused reason=filter_not_configured status=503",
+            );
+            if let Err(e) = response::send(host, &rejection) {
+                host.log(LogLevel::Error, &format!("voxgate: could not answer: {e}"));
+            }
+            self.stage = Stage::Answered;
+            return Action::Pause;
+        };
+        let result = self.check_headers(host, &guard, end_of_stream);
+        self.settle(host, &guard, result)
+    }
+
+    /// Called as body chunks arrive; `body_size` is everything buffered so far.
+    pub fn on_request_body(&mut self, host: &dyn Host, body_size: usize, end_of_stream: bool) -> Action {
+        match self.stage {
+            Stage::AwaitingBody => {}
+            Stage::Forwarded => return Action::Continue,
+            Stage::Headers | Stage::Answered => return Action::Pause,
+        }
+        let Some(guard) = self.guard.clone() else {
+            return Action::Pause;
+        };
+        self.body_seen = body_size;
+        if let Err(rejection) = guard.config.text.check_body_size(body_size) {
+            return self.settle(host, &guard, Err(rejection.into()));
+        }
+        if !end_of_stream {
+            // Proxy-wasm's Pause in a body callback is StopIterationAndBuffer.
+            return Action::Pause;
+        }
+        let result = self.check_body(host, &guard);
+        self.settle(host, &guard, result)
+    }
+
+    /// Trailers end a body whose last chunk did not say so.
+    pub fn on_request_trailers(&mut self, host: &dyn Host) -> Action {
+        match self.stage {
+            Stage::AwaitingBody => {}
+            Stage::Forwarded => return Action::Continue,
+            Stage::Headers | Stage::Answered => return Action::Pause,
+        }
+        let Some(guard) = self.guard.clone() else {
+            return Action::Pause;
+        };
+        let result = self.check_body(host, &guard);
+        self.settle(host, &guard, result)
+    }
+
+    /// Adds the rate-limit headers to the upstream's answer.
+    pub fn on_response_headers(&mut self, host: &dyn Host) -> Action {
+        if self.stage == Stage::Forwarded {
+            for (name, value) in &self.rate_limit_headers {
+                if let Err(e) = host.add_response_header(name, value) {
+                    host.log(LogLevel::Warn, &format!("voxgate: rate-limit header not added: {e}"));
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    /// The stream is over: give back the in-flight slot it held.
+    pub fn on_log(&mut self, host: &dyn Host) {
+        if !self.holds_in_flight {
+            return;
+        }
+        self.holds_in_flight = false;
+        let Some(guard) = self.guard.clone() else { return };
+        let who = Identity {
+            subject: self.subject.as_deref(),
+            plan: self.plan.as_deref(),
+            client_addr: &self.client_ip,
+        };
+        if let Err(e) = guard.config.rate_limits.release_in_flight(host, &who) {
+            let message = match e {
+                StoreError::CasMismatch => "CAS retries exhausted".to_string(),
+                StoreError::Other(m) => m,
+            };
+            host.log(
+                LogLevel::Error,
+                &format!("voxgate: in-flight slot not released: {message}"),
+            );
+        }
+    }
+
+    /// Turns the outcome of a step into the action Envoy gets.
+    fn settle(&mut self, host: &dyn Host, guard: &Guard, result: Result<Action, Stop>) -> Action {
+        let rejection = match result {
+            Ok(action) => return action,
+            Err(Stop::Refused(rejection)) => rejection,
+            Err(Stop::Internal(message)) => {
+                host.log(
+                    LogLevel::Error,
+                    &format!("voxgate: internal error, request refused: {message}"),
+                );
+                Rejection::new(500, "internal_error", "the gateway could not check this request")
+            }
+        };
+        self.stage = Stage::Answered;
+        let route = self.route.as_ref().map_or("-", |r| r.prefix.as_str());
+        let labels = RequestLabels {
+            route,
+            subject: self.subject.as_deref(),
+            client_address: &self.client_ip,
+        };
+        let log = guard.config.logs(LogLevel::Info);
+        if let Err(e) = response::reject(host, &guard.metrics, &rejection, &labels, log) {
+            host.log(LogLevel::Error, &format!("voxgate: could not answer: {e}"));
+        }
+        Action::Pause
+    }
+
+    fn check_headers(&mut self, host: &dyn Host, guard: &Guard, end_of_stream: bool) -> Result<Action, Stop> {
+        let config = &guard.config;
+        let headers = strip_own_headers(host, host.request_headers()?)?;
+        self.client_ip = client_ip(host.client_address()?.as_deref());
+
+        let method = header(&headers, ":method").unwrap_or_default();
+        let path = header(&headers, ":path").unwrap_or_default();
+        let route = config.routes.find(path)?.clone();
+        route.check_method(method)?;
+        self.route = Some(route.clone());
+
+        if route.auth {
+            self.authenticate(host, guard, &headers)?;
+        }
+
+        if !route.is_speech() {
+            return self.admit(host, guard, 0);
+        }
+        if route.api == Api::CoquiTts {
+            check_coqui_headers(&headers)?;
+        }
+        if method == "GET" {
+            if !end_of_stream {
+                // The sidecar would fill parameters missing from the query from a body.
+                return Err(Rejection::new(400, "unexpected_body", "a GET request carries no body").into());
+            }
+            let request = config.text.validate_query(route.api, routes::query(path))?;
+            return self.admit(host, guard, request.map_or(0, |r| r.chars));
+        }
+        self.content_type = header(&headers, "content-type").map(str::to_string);
+        config
+            .text
+            .check_content_type(route.api, method, self.content_type.as_deref())?;
+        if let Some(length) = header(&headers, "content-length") {
+            let length = length
+                .parse::<usize>()
+                .map_err(|_| Rejection::new(400, "invalid_content_length", "Content-Length is not a number"))?;
+            config.text.check_body_size(length)?;
+        }
+        self.query = routes::query(path).to_string();
+        self.stage = Stage::AwaitingBody;
+        if end_of_stream {
+            return self.check_body(host, guard);
+        }
+        // Hold the headers until the body has been validated.
+        Ok(Action::Pause)
+    }
+
+    fn check_body(&mut self, host: &dyn Host, guard: &Guard) -> Result<Action, Stop> {
+        let text = &guard.config.text;
+        let api = self
+            .route
+            .as_ref()
+            .map(|r| r.api)
+            .ok_or_else(|| Stop::Internal("body without a route".into()))?;
+        let body = if self.body_seen == 0 {
+            Vec::new()
+        } else {
+            host.request_body(self.body_seen)?
+        };
+        text.check_body_size(body.len())?;
+        let request = if api == Api::CoquiTts && body.is_empty() {
+            // Coqui clients may POST with the text in the query string and no body.
+            text.validate_query(api, &self.query)?
+        } else if api == Api::CoquiTts && !self.query.is_empty() {
+            // The sidecar, like Coqui, would prefer the query's parameters over the body's.
+            return Err(Rejection::new(
+                400,
+                "ambiguous_parameters",
+                "send the parameters in the body or in the query string, not both",
+            )
+            .into());
+        } else {
+            Some(text.validate_body(api, self.content_type.as_deref(), &body)?)
+        };
+        self.admit(host, guard, request.map_or(0, |r| r.chars))
+    }
+
+    /// Checks the failed-auth bucket, then the token, and forwards the verified identity.
+    fn authenticate(&mut self, host: &dyn Host, guard: &Guard, headers: &[(String, String)]) -> Result<(), Stop> {
+        let config = &guard.config;
+        let auth = config
+            .auth
+            .as_ref()
+            .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
+        let now_ms = host.now_ms()?;
+        if let Some(table) = &config.failed_auth {
+            let peek = table.peek(host, now_ms, &self.client_ip)?;
+            guard.metrics.cas_retries(host, peek.cas_retries);
+            if !peek.allowed {
+                return Err(too_many_failures(peek.retry_after_s).into());
+            }
+        }
+        let token = match auth.token_from_headers(headers) {
+            Ok(Some(token)) => token,
+            // A request without a token costs no verification, so it is not a failure to count.
+            Ok(None) => return Err(auth::token_missing().into()),
+            Err(rejection) => {
+                self.charge_failed_auth(host, guard, now_ms)?;
+                return Err(rejection.into());
+            }
+        };
+        let verified = auth.verify(&token, now_ms / 1000);
+        guard.metrics.token_cache(host, auth.cache_stats());
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(rejection) => {
+                // A 403 concerns an authentic token (wrong audience or scope): not a forgery.
+                if rejection.status == 401 {
+                    self.charge_failed_auth(host, guard, now_ms)?;
+                }
+                return Err(rejection.into());
+            }
+        };
+        for (name, value) in auth.forwarded_headers(&verified) {
+            host.set_request_header(&name, &value)?;
+        }
+        if !config.forward_token {
+            for name in &config.token_headers {
+                host.remove_request_header(name)?;
+            }
+        }
+        let plan_claim = config.rate_limits.plan_claim();
+        self.plan = verified
+            .claims
+            .get(plan_claim)
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        self.subject = Some(verified.subject);
+        Ok(())
+    }
+
+    fn charge_failed_auth(&self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
+        if let Some(table) = &guard.config.failed_auth {
+            let take = table.take(host, now_ms, &self.client_ip, 1)?;
+            guard.metrics.cas_retries(host, take.cas_retries);
+        }
+        Ok(())
+    }
+
+    /// Takes the request's cost from the rate limits and lets it through, or refuses it.
+    fn admit(&mut self, host: &dyn Host, guard: &Guard, chars: u64) -> Result<Action, Stop> {
+        let now_ms = host.now_ms()?;
+        let who = Identity {
+            subject: self.subject.as_deref(),
+            plan: self.plan.as_deref(),
+            client_addr: &self.client_ip,
+        };
+        let verdict = guard.config.rate_limits.admit(host, now_ms, &who, chars)?;
+        guard.metrics.cas_retries(host, verdict.cas_retries);
+        if verdict.state_reset {
+            host.log(
+                LogLevel::Warn,
+                "voxgate: an unreadable rate-limit record was reset to full",
+            );
+        }
+        if !verdict.allowed {
+            let bucket = verdict.refused_by.unwrap_or("unknown");
+            let rejection = verdict
+                .rejection
+                .ok_or_else(|| Stop::Internal(format!("rate limiter refused ({bucket}) without an answer")))?;
+            // A text larger than a bucket could ever hold is a 400, not a rate limit.
+            if rejection.status == 429 {
+                guard.metrics.rate_limited(host, bucket);
+            }
+            return Err(rejection.into());
+        }
+        if verdict.shadow_refused {
+            let bucket = verdict.refused_by.unwrap_or("unknown");
+            guard.metrics.shadow_refused(host, bucket);
+            if guard.config.logs(LogLevel::Info) {
+                host.log(
+                    LogLevel::Info,
+                    &format!(
+                        "voxgate: shadow refusal bucket={bucket} subject={} client={}",
+                        self.subject.as_deref().unwrap_or("-"),
+                        self.client_ip
+                    ),
+                );
+            }
+        }
+        self.holds_in_flight = verdict.in_flight_lease;
+        self.rate_limit_headers = verdict.headers;
+        guard.metrics.characters_admitted(host, chars);
+        guard.metrics.decision(host, ALLOWED);
+        self.stage = Stage::Forwarded;
+        Ok(Action::Continue)
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Removes every client-sent `x-voxgate-*` header, so only the filter can set them, and
+/// returns the remaining headers.
+fn strip_own_headers(host: &dyn Host, headers: Vec<(String, String)>) -> Result<Vec<(String, String)>, HostError> {
+    let (own, rest): (Vec<_>, Vec<_>) = headers
+        .into_iter()
+        .partition(|(n, _)| n.to_ascii_lowercase().starts_with(OWN_HEADER_PREFIX));
+    let mut removed: Vec<String> = Vec::new();
+    for (name, _) in own {
+        if !removed.contains(&name) {
+            host.remove_request_header(&name)?;
+            removed.push(name);
+        }
+    }
+    Ok(rest)
+}
+
+/// The client IP without its port (`source.address` is `ip:port` or `[ipv6]:port`); the
+/// bucket key for anonymous and failed-auth limits.
+fn client_ip(address: Option<&str>) -> String {
+    let Some(address) = address else {
+        return "unknown".to_string();
+    };
+    if let Some(rest) = address.strip_prefix('[') {
+        if let Some((ip, _)) = rest.split_once(']') {
+            return ip.to_string();
+        }
+    }
+    match address.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip.to_string(),
+        _ => address.to_string(),
+    }
+}
+
+/// 429 for an address whose failed authentications emptied its bucket.
+fn too_many_failures(retry_after_s: u64) -> Rejection {
+    Rejection::new(
+        429,
+        "auth_failures",
+        "too many failed authentications from this address",
+    )
+    .with_header("retry-after", retry_after_s.max(1).to_string())
+}
+
+/// Coqui's server (and so the sidecar) also reads `text`, `speaker-id` and `language-id`
+/// from request headers, before the query string and the body. The filter validates the query
+/// string or the body, so a request with those headers is refused rather than forwarded with
+/// text nobody checked.
+fn check_coqui_headers(headers: &[(String, String)]) -> Result<(), Rejection> {
+    let found = headers
+        .iter()
+        .find(|(n, _)| COQUI_HEADER_PARAMETERS.iter().any(|p| n.eq_ignore_ascii_case(p)));
+    match found {
+        Some((name, _)) => Err(Rejection::new(
+            400,
+            "unsupported_parameter_source",
+            format!("the `{name}` header is not accepted: send the parameters in the query string or the body"),
+        )),
+        None => Ok(()),
+    }
+}
+
+const COQUI_HEADER_PARAMETERS: [&str; 3] = ["text", "speaker-id", "language-id"];
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use jwt_simple::prelude::*;
+    use proxy_wasm::types::Action;
+    use serde_json::{json, Value};
+
+    use super::{Guard, RequestFlow};
+    use crate::config::FilterConfig;
+    use crate::host::fake::{FakeHost, SentResponse};
+    use crate::metrics::Metrics;
+
+    const SECRET: &[u8] = b"a test secret of thirty-two bytes or more";
+    const ISSUER: &str = "https://issuer.test";
+    /// The fake host's clock, in seconds.
+    const NOW: u64 = 1_800_000_000;
+
+    fn config() -> Value {
+        json!({
+            "routes": [
+                {"prefix": "/v1/audio/speech", "api": "openai_speech", "auth": true},
+                {"prefix": "/api/tts", "api": "coqui_tts", "auth": true},
+                {"prefix": "/v1/", "api": "metadata", "auth": true},
+                {"prefix": "/healthz", "api": "metadata", "auth": false}
+            ],
+            "auth": {
+                "providers": [{"name": "test", "issuer": ISSUER, "audiences": ["voxgate"],
+                               "jwks": {"keys": [{"kty": "oct", "kid": "k1", "k": Base64UrlSafeNoPadding::encode_to_string(SECRET).unwrap()}]}}],
+                "required_scopes": ["tts"],
+                "forward_claims": {"plan": "x-voxgate-plan"},
+                "failed_auth": {"capacity": 3, "refill_per_second": 1.0}
+            },
+            "text": {"max_body_bytes": 256, "max_chars": 40, "voices": ["joe"], "response_formats": ["wav"],
+                     "deny_patterns": ["(?i)forbidden"]},
+            "rate_limits": {
+                "default_plan": "free",
+                "plans": {
+                    "free": {"requests": {"capacity": 3, "refill_per_second": 0.5},
+                             "characters": {"capacity": 30, "refill_per_second": 0},
+                             "max_in_flight": 2},
+                    "pro": {"requests": {"capacity": 100, "refill_per_second": 0}}
+                },
+                "anonymous": {"requests": {"capacity": 2, "refill_per_second": 0}}
+            }
+        })
+    }
+
+    fn guard_from(config: Value) -> Rc<Guard> {
+        let compiled = FilterConfig::parse(config.to_string().as_bytes())
+            .unwrap()
+            .compile()
+            .unwrap();
+        Rc::new(Guard {
+            config: compiled,
+            metrics: Metrics::new(),
+        })
+    }
+
+    fn host() -> FakeHost {
+        let host = FakeHost::new();
+        host.now_ms.set(NOW * 1000);
+        host
+    }
+
+    fn token_with(claims: Value) -> String {
+        let mut all = json!({"iss": ISSUER, "sub": "alice", "aud": "voxgate", "scope": "tts", "plan": "free",
+                             "iat": NOW - 10, "exp": NOW + 3600});
+        for (name, value) in claims.as_object().unwrap() {
+            all[name] = value.clone();
+        }
+        let claims = JWTClaims {
+            issued_at: None,
+            expires_at: None,
+            invalid_before: None,
+            issuer: None,
+            subject: None,
+            audiences: None,
+            jwt_id: None,
+            nonce: None,
+            custom: all.as_object().unwrap().clone(),
+        };
+        HS256Key::from_bytes(SECRET)
+            .with_key_id("k1")
+            .authenticate(claims)
+            .unwrap()
+    }
+
+    fn token(subject: &str) -> String {
+        token_with(json!({"sub": subject}))
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    /// One request through the flow: headers, then (if any) the body in `chunk`-byte pieces.
+    struct Exchange {
+        flow: RequestFlow,
+        actions: Vec<Action>,
+    }
+
+    fn send(guard: &Rc<Guard>, host: &FakeHost, headers: &[(&str, &str)], body: Option<&[u8]>) -> Exchange {
+        send_chunked(guard, host, headers, body, usize::MAX)
+    }
+
+    fn send_chunked(
+        guard: &Rc<Guard>,
+        host: &FakeHost,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        chunk: usize,
+    ) -> Exchange {
+        *host.sent.borrow_mut() = None;
+        host.response_headers.borrow_mut().clear();
+        host.request(headers);
+        let mut flow = RequestFlow::new(Some(guard.clone()));
+        let mut actions = vec![flow.on_request_headers(host, body.is_none())];
+        if let Some(body) = body {
+            let mut buffered = 0;
+            loop {
+                buffered = (buffered + chunk.min(body.len())).min(body.len());
+                *host.request_body.borrow_mut() = body[..buffered].to_vec();
+                let end = buffered == body.len();
+                actions.push(flow.on_request_body(host, buffered, end));
+                if end || host.sent().is_some() {
+                    break;
+                }
+            }
+        }
+        Exchange { flow, actions }
+    }
+
+    fn get(path: &str, authorization: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut headers = vec![(":method", "GET".to_string()), (":path", path.to_string())];
+        if let Some(value) = authorization {
+            headers.push(("authorization", value.to_string()));
+        }
+        headers
+    }
+
+    fn refs<'a>(headers: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        headers.iter().map(|(n, v)| (*n, v.as_str())).collect()
+    }
+
+    fn speech_headers(token: &str) -> Vec<(&'static str, String)> {
+        vec![
+            (":method", "POST".to_string()),
+            (":path", "/v1/audio/speech".to_string()),
+            ("content-type", "application/json".to_string()),
+            ("authorization", bearer(token)),
+        ]
+    }
+
+    fn speech_body(text: &str) -> Vec<u8> {
+        json!({"model": "tts-1", "input": text, "voice": "joe", "response_format": "wav"})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn refused(host: &FakeHost) -> SentResponse {
+        host.sent().expect("a local response")
+    }
+
+    fn assert_refused(host: &FakeHost, exchange: &Exchange, status: u16, code: &str) -> SentResponse {
+        let sent = refused(host);
+        assert_eq!((sent.status, sent.code().as_str()), (status, code), "{}", sent.body);
+        assert_eq!(
+            exchange.actions.last(),
+            Some(&Action::Pause),
+            "a refused request never continues"
+        );
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        sent
+    }
+
+    fn assert_forwarded(host: &FakeHost, exchange: &Exchange) {
+        assert!(host.sent().is_none(), "unexpected refusal: {:?}", host.sent());
+        assert_eq!(exchange.actions.last(), Some(&Action::Continue));
+    }
+
+    #[test]
+    fn without_configuration_every_request_is_503() {
+        let host = host();
+        host.request(&[(":method", "GET"), (":path", "/healthz")]);
+        let mut flow = RequestFlow::new(None);
+        assert_eq!(flow.on_request_headers(&host, true), Action::Pause);
+        let sent = refused(&host);
+        assert_eq!((sent.status, sent.code().as_str()), (503, "filter_not_configured"));
+    }
+
+    #[test]
+    fn unknown_route_is_404_and_wrong_method_405() {
+        let guard = guard_from(config());
+        let host = host();
+        let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/admin")], None);
+        assert_refused(&host, &exchange, 404, "unknown_route");
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/v1/audio/speech", Some(&bearer(&token("a"))))),
+            None,
+        );
+        let sent = assert_refused(&host, &exchange, 405, "method_not_allowed");
+        assert_eq!(sent.header("allow"), Some("POST"));
+        assert_eq!(host.counter("voxgate.decision.unknown_route"), 1);
+    }
+
+    #[test]
+    fn verified_identity_replaces_client_sent_voxgate_headers() {
+        let guard = guard_from(config());
+        let host = host();
+        let token = token_with(json!({"sub": "alice", "plan": "pro"}));
+        let auth = bearer(&token);
+        let headers = [
+            (":method", "GET"),
+            (":path", "/v1/models"),
+            ("authorization", auth.as_str()),
+            ("x-voxgate-subject", "admin"),
+            ("x-voxgate-role", "root"),
+            ("X-Voxgate-Plan", "enterprise"),
+        ];
+        let exchange = send(&guard, &host, &headers, None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("alice"));
+        assert_eq!(host.request_header("x-voxgate-issuer").as_deref(), Some(ISSUER));
+        assert_eq!(host.request_header("x-voxgate-plan").as_deref(), Some("pro"));
+        assert_eq!(host.request_header("x-voxgate-role"), None);
+        assert_eq!(host.request_header("X-Voxgate-Plan"), None);
+        assert_eq!(
+            host.request_header("authorization"),
+            None,
+            "the token is not forwarded by default"
+        );
+    }
+
+    #[test]
+    fn anonymous_route_strips_voxgate_headers_and_uses_the_address_bucket() {
+        let guard = guard_from(config());
+        let host = host();
+        for _ in 0..2 {
+            let exchange = send(
+                &guard,
+                &host,
+                &[
+                    (":method", "GET"),
+                    (":path", "/healthz"),
+                    ("x-voxgate-subject", "admin"),
+                ],
+                None,
+            );
+            assert_forwarded(&host, &exchange);
+            assert_eq!(host.request_header("x-voxgate-subject"), None);
+        }
+        let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/healthz")], None);
+        assert_refused(&host, &exchange, 429, "rate_limited");
+        *host.client_address.borrow_mut() = Some("198.51.100.9:5000".into());
+        let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/healthz")], None);
+        assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn token_is_forwarded_when_configured() {
+        let mut config = config();
+        config["forward_token"] = json!(true);
+        let guard = guard_from(config);
+        let host = host();
+        let auth = bearer(&token("alice"));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&auth))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("authorization"), Some(auth));
+    }
+
+    #[test]
+    fn missing_token_is_401_and_costs_the_address_nothing() {
+        let guard = guard_from(config());
+        let host = host();
+        for _ in 0..5 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+            let sent = assert_refused(&host, &exchange, 401, "token_missing");
+            assert_eq!(sent.header("www-authenticate"), Some("Bearer realm=\"voxgate\""));
+        }
+    }
+
+    #[test]
+    fn failed_authentications_block_the_address_before_any_verification() {
+        let guard = guard_from(config());
+        let host = host();
+        let forged = format!("{}x", token("mallory"));
+        for _ in 0..3 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&forged)))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        let good = bearer(&token("alice"));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        let sent = assert_refused(&host, &exchange, 429, "auth_failures");
+        assert_eq!(sent.header("retry-after"), Some("1"));
+        let (hits, misses) = guard.config.auth.as_ref().unwrap().cache_stats();
+        assert_eq!(hits + misses, 3, "the blocked request never reached verification");
+
+        *host.client_address.borrow_mut() = Some("[2001:db8::1]:443".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+
+        *host.client_address.borrow_mut() = Some("203.0.113.7:40000".into());
+        host.advance(1_000);
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn forbidden_but_authentic_tokens_do_not_count_as_failures() {
+        let guard = guard_from(config());
+        let host = host();
+        let other_audience = bearer(&token_with(json!({"aud": "elsewhere"})));
+        for _ in 0..5 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&other_audience))), None);
+            let sent = assert_refused(&host, &exchange, 403, "wrong_audience");
+            assert!(sent
+                .header("www-authenticate")
+                .unwrap()
+                .contains("error=\"insufficient_scope\""));
+        }
+        let no_scope = bearer(&token_with(json!({"scope": "read"})));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&no_scope))), None);
+        assert_refused(&host, &exchange, 403, "insufficient_scope");
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_tokens_are_401() {
+        let guard = guard_from(config());
+        let host = host();
+        let expired = bearer(&token_with(json!({"exp": NOW - 3600})));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&expired))), None);
+        let sent = assert_refused(&host, &exchange, 401, "token_expired");
+        assert!(sent
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""));
+        let early = bearer(&token_with(json!({"nbf": NOW + 3600})));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&early))), None);
+        assert_refused(&host, &exchange, 401, "token_not_yet_valid");
+    }
+
+    #[test]
+    fn speech_body_is_buffered_validated_then_forwarded_with_rate_limit_headers() {
+        let guard = guard_from(config());
+        let host = host();
+        let body = speech_body("Hello there, friend.");
+        let mut exchange = send_chunked(&guard, &host, &refs(&speech_headers(&token("alice"))), Some(&body), 16);
+        assert_eq!(exchange.actions[0], Action::Pause, "headers wait for the body");
+        assert!(exchange.actions[1..exchange.actions.len() - 1]
+            .iter()
+            .all(|a| *a == Action::Pause));
+        assert_forwarded(&host, &exchange);
+        assert_eq!(exchange.flow.on_response_headers(&host), Action::Continue);
+        // The draft-03 fields describe the tightest bucket: 10 of 30 characters left.
+        assert_eq!(host.response_header("X-RateLimit-Remaining").as_deref(), Some("10"));
+        assert!(host.response_header("X-RateLimit-Limit").is_some());
+        assert_eq!(host.counter("voxgate.characters_admitted"), 20);
+        assert_eq!(host.counter("voxgate.decision.allowed"), 1);
+    }
+
+    #[test]
+    fn oversize_bodies_are_413_early() {
+        let guard = guard_from(config());
+        let host = host();
+        let mut headers = speech_headers(&token("alice"));
+        headers.push(("content-length", "257".to_string()));
+        let exchange = send(&guard, &host, &refs(&headers), None);
+        assert_refused(&host, &exchange, 413, "body_too_large");
+
+        let body = vec![b' '; 1000];
+        let exchange = send_chunked(&guard, &host, &refs(&speech_headers(&token("alice"))), Some(&body), 100);
+        assert_refused(&host, &exchange, 413, "body_too_large");
+        assert_eq!(
+            exchange.actions.len(),
+            4,
+            "refused at the first chunk past the limit, not at the end"
+        );
+    }
+
+    #[test]
+    fn content_type_and_text_rules_give_415_and_400() {
+        let guard = guard_from(config());
+        let host = host();
+        let mut headers = speech_headers(&token("alice"));
+        headers[2].1 = "text/plain".to_string();
+        let exchange = send(&guard, &host, &refs(&headers), Some(b"hello"));
+        assert_refused(&host, &exchange, 415, "unsupported_media_type");
+
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{\"input\": ".to_vec(), "malformed_json"),
+            (b"{\"input\": \"caf\xc3\"}".to_vec(), "invalid_utf8"),
+            (speech_body("right\u{202e}to left"), "forbidden_character"),
+            (speech_body("this is Forbidden speech"), "denied_text"),
+            (speech_body(&"x".repeat(41)), "text_too_long"),
+            (
+                json!({"input": "hi", "voice": "nobody"}).to_string().into_bytes(),
+                "unknown_voice",
+            ),
+            (
+                json!({"input": "hi", "speed": 9.0}).to_string().into_bytes(),
+                "speed_out_of_range",
+            ),
+        ];
+        for (body, code) in cases {
+            let exchange = send(&guard, &host, &refs(&speech_headers(&token("alice"))), Some(&body));
+            let sent = assert_refused(&host, &exchange, 400, code);
+            assert!(
+                !sent.body.contains("Forbidden speech") && !sent.body.contains("to left"),
+                "no text echoed"
+            );
+        }
+    }
+
+    #[test]
+    fn requests_and_characters_are_limited_per_subject() {
+        let guard = guard_from(config());
+        let host = host();
+        for _ in 0..3 {
+            let mut exchange = send(
+                &guard,
+                &host,
+                &refs(&get("/v1/models", Some(&bearer(&token("bob"))))),
+                None,
+            );
+            assert_forwarded(&host, &exchange);
+            exchange.flow.on_log(&host);
+        }
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/v1/models", Some(&bearer(&token("bob"))))),
+            None,
+        );
+        let sent = assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(sent.header("retry-after"), Some("2"), "one request at 0.5/s");
+        assert_eq!(host.counter("voxgate.rate_limited.subject_requests"), 1);
+
+        let body = speech_body(&"y".repeat(20));
+        let mut exchange = send(&guard, &host, &refs(&speech_headers(&token("carol"))), Some(&body));
+        assert_forwarded(&host, &exchange);
+        exchange.flow.on_log(&host);
+        let exchange = send(&guard, &host, &refs(&speech_headers(&token("carol"))), Some(&body));
+        assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(host.counter("voxgate.rate_limited.subject_characters"), 1);
+        let too_long = speech_body(&"z".repeat(31));
+        let exchange = send(&guard, &host, &refs(&speech_headers(&token("oscar"))), Some(&too_long));
+        assert_refused(&host, &exchange, 400, "text_exceeds_plan");
+        assert_eq!(host.counter("voxgate.rate_limited.subject_characters"), 1, "a 400 is not a rate limit");
+    }
+
+    #[test]
+    fn in_flight_slots_are_released_when_the_stream_ends() {
+        let guard = guard_from(config());
+        let host = host();
+        let body = speech_body("hi");
+        let mut first = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_forwarded(&host, &first);
+        let second = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_forwarded(&host, &second);
+        let third = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_refused(&host, &third, 429, "too_many_in_flight");
+        assert_eq!(host.counter("voxgate.rate_limited.subject_in_flight"), 1);
+        first.flow.on_log(&host);
+        let mut refused = third;
+        refused.flow.on_log(&host);
+        let fourth = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_forwarded(&host, &fourth);
+    }
+
+    #[test]
+    fn shadow_mode_counts_and_forwards() {
+        let mut config = config();
+        config["rate_limits"]["shadow"] = json!(true);
+        let guard = guard_from(config);
+        let host = host();
+        for _ in 0..5 {
+            let mut exchange = send(
+                &guard,
+                &host,
+                &refs(&get("/v1/models", Some(&bearer(&token("erin"))))),
+                None,
+            );
+            assert_forwarded(&host, &exchange);
+            exchange.flow.on_log(&host);
+        }
+        assert_eq!(host.counter("voxgate.shadow_refused.subject_requests"), 2);
+        assert_eq!(host.counter("voxgate.decision.allowed"), 5);
+    }
+
+    #[test]
+    fn coqui_get_validates_the_query() {
+        let guard = guard_from(config());
+        let host = host();
+        let auth = bearer(&token("frank"));
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/api/tts?text=Hello%20world&voice=joe", Some(&auth))),
+            None,
+        );
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.counter("voxgate.characters_admitted"), 11);
+        let exchange = send(&guard, &host, &refs(&get("/api/tts?speaker_id=1", Some(&auth))), None);
+        assert_refused(&host, &exchange, 400, "missing_field");
+    }
+
+    #[test]
+    fn coqui_get_with_a_body_is_refused() {
+        let guard = guard_from(config());
+        let host = host();
+        let auth = bearer(&token("kim"));
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/api/tts?text=Hi", Some(&auth))),
+            Some(b"voice=other"),
+        );
+        assert_refused(&host, &exchange, 400, "unexpected_body");
+    }
+
+    #[test]
+    fn trailers_end_a_body_that_did_not_say_so() {
+        let guard = guard_from(config());
+        let host = host();
+        host.request(&refs(&speech_headers(&token("lee"))));
+        let body = speech_body("Hello.");
+        *host.request_body.borrow_mut() = body.clone();
+        let mut flow = RequestFlow::new(Some(guard.clone()));
+        assert_eq!(flow.on_request_headers(&host, false), Action::Pause);
+        assert_eq!(flow.on_request_body(&host, body.len(), false), Action::Pause);
+        assert_eq!(flow.on_request_trailers(&host), Action::Continue);
+        assert!(host.sent().is_none());
+        assert_eq!(host.counter("voxgate.characters_admitted"), 6);
+    }
+
+    #[test]
+    fn coqui_post_reads_the_body_or_the_query_never_both_nor_headers() {
+        let guard = guard_from(config());
+        let host = host();
+        let auth = bearer(&token("grace"));
+        let post = |path: &'static str| {
+            vec![
+                (":method", "POST".to_string()),
+                (":path", path.to_string()),
+                ("content-type", "application/x-www-form-urlencoded".to_string()),
+                ("authorization", auth.clone()),
+            ]
+        };
+        let exchange = send(&guard, &host, &refs(&post("/api/tts")), Some(b"text=Hi+there"));
+        assert_forwarded(&host, &exchange);
+        let mut no_body = post("/api/tts?text=Hello");
+        no_body.remove(2);
+        let exchange = send(&guard, &host, &refs(&no_body), None);
+        assert_forwarded(&host, &exchange);
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&post("/api/tts?text=Hello")),
+            Some(b"text=Hi+there"),
+        );
+        assert_refused(&host, &exchange, 400, "ambiguous_parameters");
+        let mut with_header = post("/api/tts");
+        with_header.push(("text", "unchecked text".to_string()));
+        let exchange = send(&guard, &host, &refs(&with_header), Some(b"text=Hi"));
+        assert_refused(&host, &exchange, 400, "unsupported_parameter_source");
+    }
+
+    #[test]
+    fn host_failures_refuse_the_request_with_500() {
+        let guard = guard_from(config());
+        let host = host();
+        host.fail_shared_data.set(true);
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/v1/models", Some(&bearer(&token("heidi"))))),
+            None,
+        );
+        assert_refused(&host, &exchange, 500, "internal_error");
+        host.fail_shared_data.set(false);
+        host.fail_headers.set(true);
+        let exchange = send(&guard, &host, &[], None);
+        assert_refused(&host, &exchange, 500, "internal_error");
+        assert!(host
+            .logs
+            .borrow()
+            .iter()
+            .any(|(_, line)| line.contains("internal error")));
+    }
+
+    #[test]
+    fn rejection_log_lines_carry_no_token_and_no_text() {
+        let guard = guard_from(config());
+        let host = host();
+        let token = token("ivan");
+        let body = speech_body("a forbidden secret sentence");
+        send(&guard, &host, &refs(&speech_headers(&token)), Some(&body));
+        let bad = format!("{token}x");
+        send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&bad)))), None);
+        let logs = host.logs.borrow();
+        assert_eq!(logs.len(), 2);
+        assert!(logs[0]
+            .1
+            .starts_with("voxgate: refused reason=denied_text status=400 route=/v1/audio/speech subject=ivan"));
+        for (_, line) in logs.iter() {
+            assert!(
+                !line.contains(&token[..20]) && !line.contains("secret sentence"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_that_could_be_read_two_ways_are_refused() {
+        let guard = guard_from(config());
+        let host = host();
+        let exchange = send(
+            &guard,
+            &host,
+            &refs(&get("/v1/audio/%73peech", Some(&bearer(&token("judy"))))),
+            None,
+        );
+        assert_refused(&host, &exchange, 400, "invalid_path");
+    }
+}

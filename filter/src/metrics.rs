@@ -1,0 +1,241 @@
+//! The filter's counters, defined once per VM through `define_metric` and kept by id.
+//!
+//! The proxy-wasm ABI has no labels, so each label value is the last segment(s) of the
+//! metric name, and Envoy's `stats_tags` turn them into real Prometheus labels. Envoy files
+//! wasm metrics under the `wasmcustom.` namespace, which the regexes must include and which
+//! `/stats/prometheus` strips again:
+//!
+//! | metric name                               | Prometheus                                        |
+//! |-------------------------------------------|---------------------------------------------------|
+//! | `voxgate.decision.<reason>`               | `voxgate_decision{reason="…"}`                    |
+//! | `voxgate.rate_limited.<bucket>`           | `voxgate_rate_limited{bucket="…"}`                |
+//! | `voxgate.shadow_refused.<bucket>`         | `voxgate_shadow_refused{bucket="…"}`              |
+//! | `voxgate.token_cache.<result>`            | `voxgate_token_cache{result="hit"\|"miss"}`       |
+//! | `voxgate.jwks_fetch.<provider>.<result>`  | `voxgate_jwks_fetch{provider="…",result="ok"\|"failed"}` |
+//! | `voxgate.characters_admitted`             | `voxgate_characters_admitted`                     |
+//! | `voxgate.cas_retries`                     | `voxgate_cas_retries`                             |
+//!
+//! `stats_tags` for the Envoy bootstrap (see [`STATS_TAGS`]):
+//! ```text
+//! reason   ^wasmcustom\.voxgate\.decision(\.([^.]+))$
+//! bucket   ^wasmcustom\.voxgate\.(?:rate_limited|shadow_refused)(\.([^.]+))$
+//! result   ^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$
+//! provider ^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$
+//! ```
+//! Envoy applies every extractor to the full name and removes each first capture group, so
+//! `wasmcustom.voxgate.jwks_fetch.corp.ok` becomes `voxgate_jwks_fetch` with both labels.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use proxy_wasm::types::LogLevel;
+
+use crate::host::Host;
+
+/// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`.
+pub const STATS_TAGS: [(&str, &str); 4] = [
+    ("reason", r"^wasmcustom\.voxgate\.decision(\.([^.]+))$"),
+    (
+        "bucket",
+        r"^wasmcustom\.voxgate\.(?:rate_limited|shadow_refused)(\.([^.]+))$",
+    ),
+    (
+        "result",
+        r"^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$",
+    ),
+    ("provider", r"^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$"),
+];
+
+/// The decision label of a request the filter let through.
+pub const ALLOWED: &str = "allowed";
+
+/// Counter ids of one VM, defined on first use (label values are open-ended: reason codes
+/// come from every step, provider names from the configuration).
+#[derive(Default)]
+pub struct Metrics {
+    ids: RefCell<HashMap<String, u32>>,
+    token_cache_seen: RefCell<(u64, u64)>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics::default()
+    }
+
+    /// Defines the counters every deployment has, so they are exported (at zero) before the
+    /// first request; `providers` are the remote JWKS providers.
+    pub fn define_common(&self, host: &dyn Host, providers: &[String]) {
+        self.add(host, &decision_name(ALLOWED), 0);
+        self.add(host, "voxgate.characters_admitted", 0);
+        self.add(host, "voxgate.cas_retries", 0);
+        self.add(host, "voxgate.token_cache.hit", 0);
+        self.add(host, "voxgate.token_cache.miss", 0);
+        for provider in providers {
+            self.add(host, &jwks_name(provider, true), 0);
+            self.add(host, &jwks_name(provider, false), 0);
+        }
+    }
+
+    pub fn decision(&self, host: &dyn Host, reason: &str) {
+        self.add(host, &decision_name(reason), 1);
+    }
+
+    pub fn rate_limited(&self, host: &dyn Host, bucket: &str) {
+        self.add(host, &format!("voxgate.rate_limited.{}", label(bucket)), 1);
+    }
+
+    pub fn shadow_refused(&self, host: &dyn Host, bucket: &str) {
+        self.add(host, &format!("voxgate.shadow_refused.{}", label(bucket)), 1);
+    }
+
+    pub fn characters_admitted(&self, host: &dyn Host, chars: u64) {
+        if chars > 0 {
+            self.add(host, "voxgate.characters_admitted", chars);
+        }
+    }
+
+    pub fn cas_retries(&self, host: &dyn Host, retries: u32) {
+        if retries > 0 {
+            self.add(host, "voxgate.cas_retries", u64::from(retries));
+        }
+    }
+
+    pub fn jwks_fetch(&self, host: &dyn Host, provider: &str, ok: bool) {
+        self.add(host, &jwks_name(provider, ok), 1);
+    }
+
+    /// Exports the growth of the authenticator's cumulative per-worker cache counters.
+    pub fn token_cache(&self, host: &dyn Host, (hits, misses): (u64, u64)) {
+        let (seen_hits, seen_misses) = self.token_cache_seen.replace((hits, misses));
+        self.add(host, "voxgate.token_cache.hit", hits.saturating_sub(seen_hits));
+        self.add(host, "voxgate.token_cache.miss", misses.saturating_sub(seen_misses));
+    }
+
+    /// Metrics never decide a request: a failing metric call is logged at debug and dropped.
+    fn add(&self, host: &dyn Host, name: &str, delta: u64) {
+        let known = self.ids.borrow().get(name).copied();
+        let id = match known {
+            Some(id) => id,
+            None => match host.define_counter(name) {
+                Ok(id) => {
+                    self.ids.borrow_mut().insert(name.to_string(), id);
+                    id
+                }
+                Err(e) => {
+                    host.log(LogLevel::Debug, &format!("voxgate: metric {name} not defined: {e}"));
+                    return;
+                }
+            },
+        };
+        if delta > 0 {
+            if let Err(e) = host.increment_counter(id, delta) {
+                host.log(LogLevel::Debug, &format!("voxgate: metric {name} not incremented: {e}"));
+            }
+        }
+    }
+}
+
+fn decision_name(reason: &str) -> String {
+    format!("voxgate.decision.{}", label(reason))
+}
+
+fn jwks_name(provider: &str, ok: bool) -> String {
+    format!(
+        "voxgate.jwks_fetch.{}.{}",
+        label(provider),
+        if ok { "ok" } else { "failed" }
+    )
+}
+
+/// A label value safe inside a dotted stat name (dots would split it into two segments).
+fn label(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::FakeHost;
+
+    #[test]
+    fn counters_are_defined_once_and_incremented() {
+        let host = FakeHost::new();
+        let metrics = Metrics::new();
+        metrics.decision(&host, "invalid_token");
+        metrics.decision(&host, "invalid_token");
+        metrics.rate_limited(&host, "subject_requests");
+        metrics.jwks_fetch(&host, "corp.idp", false);
+        assert_eq!(host.counter("voxgate.decision.invalid_token"), 2);
+        assert_eq!(host.counter("voxgate.rate_limited.subject_requests"), 1);
+        assert_eq!(host.counter("voxgate.jwks_fetch.corp_idp.failed"), 1);
+    }
+
+    #[test]
+    fn common_counters_exist_at_zero() {
+        let host = FakeHost::new();
+        Metrics::new().define_common(&host, &["corp".to_string()]);
+        for name in [
+            "voxgate.decision.allowed",
+            "voxgate.characters_admitted",
+            "voxgate.cas_retries",
+            "voxgate.token_cache.hit",
+            "voxgate.token_cache.miss",
+            "voxgate.jwks_fetch.corp.ok",
+            "voxgate.jwks_fetch.corp.failed",
+        ] {
+            assert!(host.counter_defined(name), "{name}");
+            assert_eq!(host.counter(name), 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn token_cache_exports_deltas_of_cumulative_counts() {
+        let host = FakeHost::new();
+        let metrics = Metrics::new();
+        metrics.token_cache(&host, (0, 1));
+        metrics.token_cache(&host, (3, 1));
+        assert_eq!(host.counter("voxgate.token_cache.hit"), 3);
+        assert_eq!(host.counter("voxgate.token_cache.miss"), 1);
+    }
+
+    #[test]
+    fn stats_tag_regexes_extract_the_labels() {
+        let cases = [
+            (
+                "wasmcustom.voxgate.decision.token_expired",
+                "reason",
+                Some("token_expired"),
+            ),
+            (
+                "wasmcustom.voxgate.rate_limited.global_requests",
+                "bucket",
+                Some("global_requests"),
+            ),
+            (
+                "wasmcustom.voxgate.shadow_refused.subject_characters",
+                "bucket",
+                Some("subject_characters"),
+            ),
+            ("wasmcustom.voxgate.token_cache.hit", "result", Some("hit")),
+            ("wasmcustom.voxgate.jwks_fetch.corp.ok", "result", Some("ok")),
+            ("wasmcustom.voxgate.jwks_fetch.corp.ok", "provider", Some("corp")),
+            ("wasmcustom.voxgate.characters_admitted", "reason", None),
+            ("wasmcustom.voxgate.token_cache.hit", "provider", None),
+        ];
+        for (name, tag, expected) in cases {
+            let (_, pattern) = STATS_TAGS.iter().find(|(t, _)| *t == tag).unwrap();
+            let re = regex_lite::Regex::new(pattern).unwrap();
+            let got = re.captures(name).and_then(|c| c.get(2)).map(|m| m.as_str());
+            assert_eq!(got, expected, "{tag} of {name}");
+        }
+    }
+}

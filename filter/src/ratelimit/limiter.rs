@@ -1,0 +1,396 @@
+//! The request limiter: which records a request is charged to (the subject under its plan,
+//! or the client address; then the global record), all-or-nothing across them, in-flight
+//! leases, shadow mode, and the verdict with its headers.
+
+use super::charge::{self, Limit, Policy, Refusal, Status};
+use super::config::RateLimitConfig;
+use super::headers::{self, HeaderStyle, Reported};
+use super::keys::{client_key, Slot, SlotTable};
+use super::record::Record;
+use super::store::{self, SharedStore, Step, StoreError};
+use crate::config::ConfigError;
+use crate::decision::Rejection;
+
+/// Buckets per record: requests (cost 1 per request), then characters (cost 1 per character).
+const BUCKETS: usize = 2;
+const CHARACTERS: usize = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Subject,
+    Anonymous,
+    Global,
+}
+
+impl Kind {
+    /// The name of a limit in `Verdict::refused_by`, metrics and headers.
+    fn limit_name(self, limit: Limit) -> &'static str {
+        match (self, limit) {
+            (Kind::Subject, Limit::Bucket(0)) => "subject_requests",
+            (Kind::Subject, Limit::Bucket(_)) => "subject_characters",
+            (Kind::Subject, Limit::InFlight) => "subject_in_flight",
+            (Kind::Anonymous, Limit::Bucket(0)) => "anonymous_requests",
+            (Kind::Anonymous, Limit::Bucket(_)) => "anonymous_characters",
+            (Kind::Anonymous, Limit::InFlight) => "anonymous_in_flight",
+            (Kind::Global, Limit::Bucket(0)) => "global_requests",
+            (Kind::Global, Limit::Bucket(_)) => "global_characters",
+            (Kind::Global, Limit::InFlight) => "global_in_flight",
+        }
+    }
+}
+
+/// One kind of record: its slot table and the policy of each plan (one plan outside subjects).
+#[derive(Debug, Clone)]
+struct Scope {
+    kind: Kind,
+    table: SlotTable,
+    policies: Vec<Policy>,
+}
+
+/// Who a request is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity<'a> {
+    /// The verified subject; `None` on routes without authentication.
+    pub subject: Option<&'a str>,
+    /// The value of the plan claim (`RateLimiter::plan_claim`), if any.
+    pub plan: Option<&'a str>,
+    /// The client address as Envoy reports it (`ip:port` is fine: see `client_key`).
+    pub client_addr: &'a str,
+}
+
+/// The outcome of `admit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Forward the request (always true in shadow mode).
+    pub allowed: bool,
+    /// Shadow mode only: the request would have been refused.
+    pub shadow_refused: bool,
+    /// The limit that refused (or would have, in shadow mode), e.g. `subject_requests`.
+    pub refused_by: Option<&'static str>,
+    /// Rate-limit headers for the answer, plus `Retry-After` when refused.
+    pub headers: Vec<(String, String)>,
+    /// Writes lost to another worker and retried.
+    pub cas_retries: u32,
+    /// The answer to send when `allowed` is false (429, or 400 `text_exceeds_plan`).
+    pub rejection: Option<Rejection>,
+    /// The request holds an in-flight slot: call `release_in_flight` once when it ends.
+    pub in_flight_lease: bool,
+    /// A stored record was unreadable and was replaced by a full one (worth a log line).
+    pub state_reset: bool,
+}
+
+impl Verdict {
+    fn allowed() -> Self {
+        Verdict {
+            allowed: true,
+            shadow_refused: false,
+            refused_by: None,
+            headers: Vec::new(),
+            cas_retries: 0,
+            rejection: None,
+            in_flight_lease: false,
+            state_reset: false,
+        }
+    }
+}
+
+/// Token buckets in shared data, one view for every Envoy worker.
+#[derive(Debug, Clone)]
+pub struct RateLimiter {
+    shadow: bool,
+    plan_claim: String,
+    plan_names: Vec<String>,
+    default_plan: u16,
+    subjects: Option<Scope>,
+    anonymous: Option<Scope>,
+    global: Option<Scope>,
+    headers: HeaderStyle,
+    lease_ttl_ms: u64,
+}
+
+/// The record a request is charged to.
+struct Target<'s> {
+    scope: &'s Scope,
+    slot: Slot,
+    plan: u16,
+}
+
+/// What charging one record did.
+struct Charged {
+    refusals: Vec<Refusal>,
+    /// Statuses before and after the charge.
+    before: Vec<Status>,
+    after: Vec<Status>,
+    /// Owner of the record charged (differs from the caller's tag on a shared slot).
+    resident_tag: u64,
+    policy: Policy,
+    /// The costs assessed, per bucket.
+    costs: [u64; BUCKETS],
+    /// Tokens were taken.
+    charged: bool,
+    /// An in-flight lease was recorded.
+    lease: bool,
+}
+
+impl RateLimitConfig {
+    pub fn compile(self) -> Result<RateLimiter, ConfigError> {
+        let c = self.check()?;
+        let scope = |kind, name, slots, policies| Scope { kind, table: SlotTable::new(name, slots), policies };
+        let single = |buckets: Vec<_>| vec![Policy { buckets, max_in_flight: None }];
+        let subjects = (!c.plans.is_empty()).then(|| {
+            let policies = c
+                .plans
+                .iter()
+                .map(|p| Policy { buckets: p.buckets.clone(), max_in_flight: p.max_in_flight })
+                .collect();
+            scope(Kind::Subject, "subject", c.slots, policies)
+        });
+        Ok(RateLimiter {
+            shadow: c.shadow,
+            plan_claim: c.plan_claim,
+            plan_names: c.plans.into_iter().map(|p| p.name).collect(),
+            default_plan: c.default_plan,
+            subjects,
+            anonymous: c.anonymous.map(|b| scope(Kind::Anonymous, "anonymous", c.slots, single(b))),
+            global: c.global.map(|b| scope(Kind::Global, "global", 1, single(b))),
+            headers: c.headers,
+            lease_ttl_ms: c.lease_ttl_ms,
+        })
+    }
+}
+
+fn named(kind: Kind, statuses: &[Status]) -> impl Iterator<Item = Reported> + '_ {
+    statuses.iter().map(move |status| Reported { name: kind.limit_name(status.limit), status: *status })
+}
+
+impl RateLimiter {
+    /// The claim whose value selects a subject's plan.
+    pub fn plan_claim(&self) -> &str {
+        &self.plan_claim
+    }
+
+    /// Consumes cost from every applicable bucket (subject requests+characters, or anonymous;
+    /// then global). All-or-nothing: if a later bucket refuses, what was taken earlier is
+    /// given back. `chars` is the character count of the validated text (0 off speech routes).
+    pub fn admit(&self, store: &dyn SharedStore, now_ms: u64, who: &Identity, chars: u64) -> Result<Verdict, StoreError> {
+        let costs = [1, chars];
+        let first = self.first_target(who);
+        let global = self.global.as_ref().map(|scope| Target { scope, slot: scope.table.locate(""), plan: 0 });
+        let mut verdict = Verdict::allowed();
+
+        for target in first.iter().chain(global.iter()) {
+            if let Some(spec) = target.scope.policies[usize::from(target.plan)].buckets[CHARACTERS] {
+                if chars > spec.capacity() {
+                    let name = target.scope.kind.limit_name(Limit::Bucket(CHARACTERS));
+                    return Ok(self.too_long_for_any_wait(verdict, name, chars, spec.capacity()));
+                }
+            }
+        }
+
+        let mut reported: Vec<Reported> = Vec::new();
+        let mut first_charge = None;
+        if let Some(target) = &first {
+            let charged = self.charge(store, now_ms, target, &costs, &mut verdict)?;
+            verdict.in_flight_lease = charged.lease;
+            if !charged.refusals.is_empty() {
+                let shown: Vec<Reported> = named(target.scope.kind, &charged.before).collect();
+                return Ok(self.refuse(verdict, target.scope.kind, &charged.refusals, shown));
+            }
+            reported.extend(named(target.scope.kind, &charged.after));
+            first_charge = Some(charged);
+        }
+
+        if let Some(target) = &global {
+            let outcome = self.charge(store, now_ms, target, &costs, &mut verdict);
+            let refused = match &outcome {
+                Ok(charged) => !charged.refusals.is_empty(),
+                Err(_) => true,
+            };
+            if refused {
+                if let (Some(first), Some(first_charge)) = (&first, &first_charge) {
+                    let drop_lease = !self.shadow || outcome.is_err();
+                    self.undo(store, now_ms, first, first_charge, drop_lease, &mut verdict)?;
+                }
+            }
+            let charged = outcome?;
+            if refused {
+                let mut shown: Vec<Reported> = first_charge
+                    .as_ref()
+                    .zip(first.as_ref())
+                    .map(|(c, t)| named(t.scope.kind, &c.before).collect())
+                    .unwrap_or_default();
+                shown.extend(named(Kind::Global, &charged.before));
+                return Ok(self.refuse(verdict, Kind::Global, &charged.refusals, shown));
+            }
+            reported.extend(named(Kind::Global, &charged.after));
+        }
+
+        verdict.headers = headers::render(self.headers, &reported, headers::most_constraining(&reported));
+        Ok(verdict)
+    }
+
+    /// Ends one in-flight request of `who`, admitted earlier with `in_flight_lease` set.
+    /// Does nothing when `who`'s plan has no in-flight cap.
+    pub fn release_in_flight(&self, store: &dyn SharedStore, who: &Identity) -> Result<(), StoreError> {
+        let Some(target) = self.first_target(who) else {
+            return Ok(());
+        };
+        if target.scope.policies[usize::from(target.plan)].max_in_flight.is_none() {
+            return Ok(());
+        }
+        store::update(store, &target.slot.key, |stored| {
+            let Some(mut record) = stored.and_then(|bytes| Record::decode(bytes, BUCKETS)) else {
+                return Step { write: None, result: () };
+            };
+            let removed = charge::remove_lease(&mut record);
+            Step { write: removed.then(|| record.encode()), result: () }
+        })?;
+        Ok(())
+    }
+
+    fn first_target(&self, who: &Identity) -> Option<Target<'_>> {
+        match who.subject {
+            Some(subject) => {
+                let scope = self.subjects.as_ref()?;
+                let plan = who
+                    .plan
+                    .and_then(|name| self.plan_names.iter().position(|p| p == name))
+                    .map_or(self.default_plan, |index| index as u16);
+                Some(Target { scope, slot: scope.table.locate(subject), plan })
+            }
+            None => {
+                let scope = self.anonymous.as_ref()?;
+                Some(Target { scope, slot: scope.table.locate(&client_key(who.client_addr)), plan: 0 })
+            }
+        }
+    }
+
+    /// Charges one record in a CAS loop. A refused request takes nothing, except that in
+    /// shadow mode it still records its in-flight lease: it is forwarded, so it is in flight.
+    fn charge(
+        &self,
+        store: &dyn SharedStore,
+        now_ms: u64,
+        target: &Target,
+        costs: &[u64; BUCKETS],
+        verdict: &mut Verdict,
+    ) -> Result<Charged, StoreError> {
+        let scope = target.scope;
+        let (charged, retries) = store::update(store, &target.slot.key, |stored| {
+            let mut claimed = charge::claim(
+                stored,
+                BUCKETS,
+                target.slot.tag,
+                target.plan,
+                &scope.policies,
+                now_ms,
+                self.lease_ttl_ms,
+            );
+            let wants_lease = claimed.policy.max_in_flight.is_some();
+            let refusals = charge::assess(&claimed.record, &claimed.policy, costs, wants_lease);
+            let before = charge::statuses(&claimed.record, &claimed.policy);
+            let pass = refusals.is_empty();
+            if pass {
+                charge::apply(&mut claimed.record, &claimed.policy, costs);
+            }
+            let lease = wants_lease && (pass || self.shadow) && charge::add_lease(&mut claimed.record, now_ms);
+            let after = charge::statuses(&claimed.record, &claimed.policy);
+            let write = (pass || lease).then(|| claimed.record.encode());
+            verdict.state_reset |= claimed.state_reset;
+            let result = Charged {
+                refusals,
+                before,
+                after,
+                resident_tag: claimed.record.tag,
+                policy: claimed.policy,
+                costs: *costs,
+                charged: pass,
+                lease,
+            };
+            Step { write, result }
+        })?;
+        verdict.cas_retries += retries;
+        Ok(charged)
+    }
+
+    /// Gives back what `charge` took from the first record when the global record refuses.
+    /// Nothing is given back if the slot changed owner in between (it then holds someone
+    /// else's record, already full).
+    fn undo(
+        &self,
+        store: &dyn SharedStore,
+        now_ms: u64,
+        target: &Target,
+        charged: &Charged,
+        drop_lease: bool,
+        verdict: &mut Verdict,
+    ) -> Result<(), StoreError> {
+        let drop_lease = drop_lease && charged.lease;
+        if !charged.charged && !drop_lease {
+            return Ok(());
+        }
+        let ((), retries) = store::update(store, &target.slot.key, |stored| {
+            let record = stored.and_then(|bytes| Record::decode(bytes, BUCKETS));
+            let Some(mut record) = record.filter(|r| r.tag == charged.resident_tag) else {
+                return Step { write: None, result: () };
+            };
+            charge::settle(&mut record, &charged.policy, now_ms, self.lease_ttl_ms);
+            if charged.charged {
+                charge::refund(&mut record, &charged.policy, &charged.costs);
+            }
+            if drop_lease {
+                charge::remove_lease(&mut record);
+            }
+            Step { write: Some(record.encode()), result: () }
+        })?;
+        verdict.cas_retries += retries;
+        if drop_lease {
+            verdict.in_flight_lease = false;
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, mut verdict: Verdict, kind: Kind, refusals: &[Refusal], shown: Vec<Reported>) -> Verdict {
+        let Some(first) = refusals.first() else {
+            return verdict;
+        };
+        let name = kind.limit_name(first.limit);
+        let retry_after = refusals.iter().map(|r| r.retry_after_s).max().unwrap_or(1);
+        let focus = shown.iter().position(|r| r.name == name).unwrap_or(0);
+        let mut headers = headers::render(self.headers, &shown, focus);
+        verdict.refused_by = Some(name);
+        if self.shadow {
+            verdict.shadow_refused = true;
+            verdict.headers = headers;
+            return verdict;
+        }
+        headers.push(("Retry-After".to_string(), retry_after.to_string()));
+        let rejection = if first.limit == Limit::InFlight {
+            Rejection::new(429, "too_many_in_flight", format!("too many requests in flight ({name}); retry after {retry_after} s"))
+        } else {
+            Rejection::new(429, "rate_limited", format!("rate limit reached ({name}); retry after {retry_after} s"))
+        };
+        verdict.allowed = false;
+        verdict.in_flight_lease = false;
+        verdict.rejection = Some(Rejection { headers: headers.clone(), ..rejection });
+        verdict.headers = headers;
+        verdict
+    }
+
+    /// A text longer than a characters bucket can ever hold would wait forever: it is a bad
+    /// request, not a rate-limited one.
+    fn too_long_for_any_wait(&self, mut verdict: Verdict, name: &'static str, chars: u64, capacity: u64) -> Verdict {
+        verdict.refused_by = Some(name);
+        if self.shadow {
+            verdict.shadow_refused = true;
+            return verdict;
+        }
+        verdict.allowed = false;
+        verdict.rejection = Some(Rejection::new(
+            400,
+            "text_exceeds_plan",
+            format!("the text has {chars} characters, more than the {name} limit of {capacity} allows in one request"),
+        ));
+        verdict
+    }
+}

@@ -1,0 +1,230 @@
+//! Route table: which API a request path belongs to, whether it needs a token, and which
+//! methods it accepts. The first matching prefix wins; a path matching no route is refused.
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::decision::Rejection;
+use crate::validate::Api;
+
+/// One entry of the `routes` configuration list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, starting with `/`.
+    pub prefix: String,
+    /// `openai_speech`, `coqui_tts` or `metadata`.
+    pub api: Api,
+    /// Whether a verified token is required.
+    pub auth: bool,
+}
+
+/// Methods a route accepts; anything else is a 405 from the filter.
+fn methods(api: Api) -> &'static [&'static str] {
+    match api {
+        Api::OpenAiSpeech => &["POST"],
+        Api::CoquiTts => &["GET", "POST"],
+        Api::Metadata => &["GET", "HEAD"],
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub api: Api,
+    pub auth: bool,
+}
+
+impl Route {
+    /// Speech routes carry text and cost characters; metadata routes do not.
+    pub fn is_speech(&self) -> bool {
+        self.api != Api::Metadata
+    }
+
+    pub fn check_method(&self, method: &str) -> Result<(), Rejection> {
+        let allowed = methods(self.api);
+        if allowed.contains(&method) {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                405,
+                "method_not_allowed",
+                format!("method {method} is not allowed on this route"),
+            )
+            .with_header("allow", allowed.join(", ")))
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+/// More routes than this is a configuration mistake, not a deployment.
+const MAX_ROUTES: usize = 64;
+
+impl RouteTable {
+    pub fn compile(configs: Vec<RouteConfig>) -> Result<RouteTable, ConfigError> {
+        if configs.is_empty() {
+            return Err(ConfigError::new("routes", "at least one route is required"));
+        }
+        if configs.len() > MAX_ROUTES {
+            return Err(ConfigError::new(
+                "routes",
+                format!("at most {MAX_ROUTES} routes are allowed"),
+            ));
+        }
+        let mut routes = Vec::with_capacity(configs.len());
+        for (i, config) in configs.into_iter().enumerate() {
+            let field = format!("routes[{i}].prefix");
+            if !config.prefix.starts_with('/') {
+                return Err(ConfigError::new(field, "must start with `/`"));
+            }
+            if let Some(bad) = unsafe_path_reason(&config.prefix) {
+                return Err(ConfigError::new(field, format!("must be a plain path ({bad})")));
+            }
+            if routes.iter().any(|r: &Route| r.prefix == config.prefix) {
+                return Err(ConfigError::new(field, "duplicate prefix"));
+            }
+            routes.push(Route {
+                prefix: config.prefix,
+                api: config.api,
+                auth: config.auth,
+            });
+        }
+        Ok(RouteTable { routes })
+    }
+
+    pub fn any_auth(&self) -> bool {
+        self.routes.iter().any(|r| r.auth)
+    }
+
+    /// The route for a `:path` header (query string ignored).
+    pub fn find(&self, path: &str) -> Result<&Route, Rejection> {
+        let path = path_only(path);
+        if let Some(reason) = unsafe_path_reason(path) {
+            return Err(Rejection::new(
+                400,
+                "invalid_path",
+                format!("the request path is not a plain path ({reason})"),
+            ));
+        }
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.prefix))
+            .ok_or_else(|| Rejection::new(404, "unknown_route", "no route serves this path"))
+    }
+}
+
+/// The path without its query string.
+pub fn path_only(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+/// The query string of a `:path`, empty when there is none.
+pub fn query(path: &str) -> &str {
+    path.split_once('?').map_or("", |(_, q)| q)
+}
+
+/// Why a path could be read differently by the filter and by the upstream, if it could.
+/// Percent-escapes, dot segments and empty segments are how a request would match one route
+/// here and be served as another behind the filter, so the filter refuses them.
+fn unsafe_path_reason(path: &str) -> Option<&'static str> {
+    if path.contains('%') {
+        return Some("percent-encoded characters");
+    }
+    if path.contains('\\') {
+        return Some("backslash");
+    }
+    if path.contains("//") {
+        return Some("empty segment");
+    }
+    if path.split('/').any(|segment| segment == "." || segment == "..") {
+        return Some("dot segment");
+    }
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'#') {
+        return Some("control character, space or fragment");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let configs: Vec<RouteConfig> = serde_json::from_str(
+            r#"[
+                {"prefix": "/v1/audio/speech", "api": "openai_speech", "auth": true},
+                {"prefix": "/api/tts", "api": "coqui_tts", "auth": true},
+                {"prefix": "/v1/", "api": "metadata", "auth": true},
+                {"prefix": "/healthz", "api": "metadata", "auth": false}
+            ]"#,
+        )
+        .unwrap();
+        RouteTable::compile(configs).unwrap()
+    }
+
+    #[test]
+    fn first_matching_prefix_wins() {
+        let t = table();
+        assert_eq!(t.find("/v1/audio/speech").unwrap().api, Api::OpenAiSpeech);
+        assert_eq!(t.find("/v1/audio/voices").unwrap().api, Api::Metadata);
+        assert_eq!(t.find("/api/tts?text=hi%20there").unwrap().api, Api::CoquiTts);
+        assert!(!t.find("/healthz").unwrap().auth);
+    }
+
+    #[test]
+    fn unknown_path_is_404() {
+        let e = table().find("/admin").unwrap_err();
+        assert_eq!((e.status, e.code), (404, "unknown_route"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_400() {
+        let t = table();
+        for path in [
+            "/v1/audio/%73peech",
+            "/v1/x/../audio/speech",
+            "/v1//audio/speech",
+            "/v1/./models",
+            "/v1/a\\b",
+        ] {
+            let e = t.find(path).unwrap_err();
+            assert_eq!((e.status, e.code), (400, "invalid_path"), "{path}");
+        }
+    }
+
+    #[test]
+    fn method_check_names_the_allowed_methods() {
+        let t = table();
+        let speech = t.find("/v1/audio/speech").unwrap();
+        assert!(speech.check_method("POST").is_ok());
+        let e = speech.check_method("GET").unwrap_err();
+        assert_eq!((e.status, e.code), (405, "method_not_allowed"));
+        assert_eq!(e.headers, vec![("allow".to_string(), "POST".to_string())]);
+        assert!(t.find("/api/tts").unwrap().check_method("GET").is_ok());
+        assert!(t.find("/v1/models").unwrap().check_method("POST").is_err());
+    }
+
+    #[test]
+    fn bad_route_configs_name_the_field() {
+        let bad = |json: &str| {
+            RouteTable::compile(serde_json::from_str(json).unwrap())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(bad("[]"), "routes");
+        assert_eq!(
+            bad(r#"[{"prefix": "v1", "api": "metadata", "auth": true}]"#),
+            "routes[0].prefix"
+        );
+        assert_eq!(
+            bad(
+                r#"[{"prefix": "/a", "api": "metadata", "auth": true}, {"prefix": "/a", "api": "metadata", "auth": false}]"#
+            ),
+            "routes[1].prefix"
+        );
+    }
+}

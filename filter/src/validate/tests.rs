@@ -1,0 +1,209 @@
+//! Request-level tests of the validator: each rule with its status and code, and a table of
+//! hostile bodies.
+
+use super::*;
+
+const JSON: Option<&str> = Some("application/json");
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+fn validator() -> TextValidator {
+    TextRules {
+        deny_patterns: vec!["(?i)forbidden phrase".into()],
+        voices: vec!["en_US-joe-medium".into(), "coqui-vits".into()],
+        response_formats: vec!["wav".into(), "pcm".into()],
+        ..TextRules::default()
+    }
+    .compile()
+    .unwrap()
+}
+
+fn openai(body: &str) -> Result<SpeechRequest, Rejection> {
+    validator().validate_body(Api::OpenAiSpeech, JSON, body.as_bytes())
+}
+
+fn status_code(result: Result<impl std::fmt::Debug, Rejection>) -> (u16, &'static str) {
+    let r = result.unwrap_err();
+    (r.status, r.code)
+}
+
+#[test]
+fn a_valid_openai_request() {
+    let req = openai(
+        r#"{"model": "tts-1", "input": "Hello wörld", "voice": "en_US-joe-medium",
+            "response_format": "wav", "speed": 1.25, "stream": true, "instructions": "calm"}"#,
+    )
+    .unwrap();
+    assert_eq!(req, SpeechRequest { chars: 11, voice: Some("en_US-joe-medium".into()) });
+    let minimal = openai(r#"{"input": "Hi", "voice": null, "speed": null}"#).unwrap();
+    assert_eq!(minimal, SpeechRequest { chars: 2, voice: None });
+}
+
+#[test]
+fn openai_field_rules() {
+    assert_eq!(status_code(openai(r#"{"voice": "x"}"#)), (400, "missing_field"));
+    assert_eq!(status_code(openai(r#"{"input": null}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": 5}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": ["a"]}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "model": 1}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "voice": 1}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": "1.0"}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "stream": "yes"}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "voice": "alloy"}"#)), (400, "unknown_voice"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "voice": "EN_US-JOE-MEDIUM"}"#)), (400, "unknown_voice"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "mp3"}"#)), (400, "unsupported_response_format"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 0.2}"#)), (400, "speed_out_of_range"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 4.01}"#)), (400, "speed_out_of_range"));
+    assert!(openai(r#"{"input": "a", "speed": 0.25}"#).is_ok());
+    assert!(openai(r#"{"input": "a", "speed": 4}"#).is_ok());
+    assert_eq!(status_code(openai(r#"{"input": "   "}"#)), (400, "empty_text"));
+    assert_eq!(status_code(openai(r#"{"input": "a Forbidden Phrase"}"#)), (400, "denied_text"));
+    let long = format!(r#"{{"input": "{}"}}"#, "a".repeat(4097));
+    assert_eq!(status_code(openai(&long)), (400, "text_too_long"));
+    let exact = format!(r#"{{"input": "{}"}}"#, "é".repeat(4096));
+    assert_eq!(openai(&exact).unwrap().chars, 4096);
+}
+
+#[test]
+fn empty_lists_allow_any_voice_and_format() {
+    let v = TextRules::default().compile().unwrap();
+    let req = v
+        .validate_body(Api::OpenAiSpeech, JSON, br#"{"input": "a", "voice": "alloy", "response_format": "flac"}"#)
+        .unwrap();
+    assert_eq!(req.voice.as_deref(), Some("alloy"));
+}
+
+#[test]
+fn methods_and_content_types() {
+    let v = validator();
+    let check = |api, method, ct| v.check_content_type(api, method, ct);
+    assert!(check(Api::OpenAiSpeech, "POST", JSON).is_ok());
+    assert!(check(Api::OpenAiSpeech, "POST", Some("application/json; charset=utf-8")).is_ok());
+    assert_eq!(status_code(check(Api::OpenAiSpeech, "POST", Some("application/json; charset=iso-8859-1"))), (415, "unsupported_media_type"));
+    assert_eq!(status_code(check(Api::OpenAiSpeech, "POST", Some("text/plain"))), (415, "unsupported_media_type"));
+    assert_eq!(status_code(check(Api::OpenAiSpeech, "POST", FORM)), (415, "unsupported_media_type"));
+    assert_eq!(status_code(check(Api::OpenAiSpeech, "POST", None)), (415, "unsupported_media_type"));
+    let r = check(Api::OpenAiSpeech, "GET", None).unwrap_err();
+    assert_eq!((r.status, r.code), (405, "method_not_allowed"));
+    assert_eq!(r.headers, vec![("Allow".to_string(), "POST".to_string())]);
+    assert!(check(Api::CoquiTts, "GET", Some("text/plain")).is_ok());
+    assert!(check(Api::CoquiTts, "POST", JSON).is_ok());
+    assert!(check(Api::CoquiTts, "POST", FORM).is_ok());
+    assert!(check(Api::CoquiTts, "POST", None).is_ok());
+    assert_eq!(status_code(check(Api::CoquiTts, "POST", Some("multipart/form-data; boundary=x"))), (415, "unsupported_media_type"));
+    assert_eq!(check(Api::CoquiTts, "PUT", JSON).unwrap_err().headers[0].1, "GET, POST");
+    assert!(check(Api::Metadata, "GET", None).is_ok());
+    // the body check agrees with the header check
+    assert_eq!(status_code(v.validate_body(Api::OpenAiSpeech, Some("text/plain"), b"{}")), (415, "unsupported_media_type"));
+}
+
+#[test]
+fn body_size_limit() {
+    let v = TextRules { max_body_bytes: 100, ..TextRules::default() }.compile().unwrap();
+    assert_eq!(v.max_body_bytes(), 100);
+    assert!(v.check_body_size(100).is_ok());
+    assert_eq!(status_code(v.check_body_size(101)), (413, "body_too_large"));
+    let body = format!(r#"{{"input": "{}"}}"#, "a".repeat(100));
+    assert_eq!(status_code(v.validate_body(Api::OpenAiSpeech, JSON, body.as_bytes())), (413, "body_too_large"));
+}
+
+#[test]
+fn coqui_json_form_and_query() {
+    let v = validator();
+    let req = v
+        .validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": 3, "language_id": "en", "style_wav": ""}"#)
+        .unwrap();
+    assert_eq!(req, SpeechRequest { chars: 5, voice: None });
+    assert!(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": "p225"}"#).is_ok());
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": -1}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": 1.5}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "language_id": 1}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"input": "Hi"}"#)), (400, "missing_field"));
+    let req = v.validate_body(Api::CoquiTts, FORM, b"text=Hello+there&speaker_id=p225&voice=coqui-vits").unwrap();
+    assert_eq!(req, SpeechRequest { chars: 11, voice: Some("coqui-vits".into()) });
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, FORM, b"text=a&voice=nope")), (400, "unknown_voice"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, None, b"")), (400, "missing_field"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, None, b"text=hi")), (415, "unsupported_media_type"));
+
+    let req = v.validate_query(Api::CoquiTts, "?text=Guten%20Tag&language_id=de").unwrap().unwrap();
+    assert_eq!(req.chars, 9);
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "speaker_id=1")), (400, "missing_field"));
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=%E2%80%AEevil")), (400, "forbidden_character"));
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=%zz")), (400, "invalid_encoding"));
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=a&text=b")), (400, "duplicate_field"));
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=+++")), (400, "empty_text"));
+    assert_eq!(v.validate_query(Api::OpenAiSpeech, "text=whatever").unwrap(), None);
+    assert_eq!(v.validate_query(Api::Metadata, "").unwrap(), None);
+    assert_eq!(v.validate_body(Api::Metadata, None, b"").unwrap(), SpeechRequest { chars: 0, voice: None });
+}
+
+#[test]
+fn hostile_bodies() {
+    let v = validator();
+    let nested = format!(r#"{{"input": "a", "x": {}{}}}"#, "[".repeat(1000), "]".repeat(1000));
+    let five_mb = format!(r#"{{"input": "{}"}}"#, "a".repeat(5 << 20));
+    let cases: Vec<(&str, Vec<u8>, (u16, &str))> = vec![
+        ("NUL escaped", br#"{"input": "a\u0000b"}"#.to_vec(), (400, "forbidden_character")),
+        ("NUL raw in a string", b"{\"input\": \"a\0b\"}".to_vec(), (400, "malformed_json")),
+        ("overlong UTF-8 C0 80", b"{\"input\": \"a\xC0\x80b\"}".to_vec(), (400, "invalid_utf8")),
+        ("CESU surrogate bytes", b"{\"input\": \"\xED\xA0\x80\"}".to_vec(), (400, "invalid_utf8")),
+        ("truncated UTF-8", b"{\"input\": \"\xE2\x82\"}".to_vec(), (400, "invalid_utf8")),
+        ("lone surrogate escape", br#"{"input": "\ud800"}"#.to_vec(), (400, "malformed_json")),
+        ("bidi override raw", "{\"input\": \"abc\u{202E}def\"}".as_bytes().to_vec(), (400, "forbidden_character")),
+        ("bidi override escaped", br#"{"input": "abc\u202edef"}"#.to_vec(), (400, "forbidden_character")),
+        ("bidi isolate", br#"{"input": "abc\u2067def"}"#.to_vec(), (400, "forbidden_character")),
+        ("zero-width space", br#"{"input": "forbidden\u200b phrase"}"#.to_vec(), (400, "forbidden_character")),
+        ("byte order mark inside", br#"{"input": "a\ufeffb"}"#.to_vec(), (400, "forbidden_character")),
+        ("tag characters", "{\"input\": \"hi\u{E0069}\u{E0067}\"}".as_bytes().to_vec(), (400, "forbidden_character")),
+        ("escape character", br#"{"input": "\u001b[31mred"}"#.to_vec(), (400, "forbidden_character")),
+        ("C1 control", br#"{"input": "a\u0085b"}"#.to_vec(), (400, "forbidden_character")),
+        ("5 MB body", five_mb.into_bytes(), (413, "body_too_large")),
+        ("depth-1000 nesting", nested.into_bytes(), (400, "malformed_json")),
+        ("duplicate input", br#"{"input": "benign", "input": "a forbidden phrase"}"#.to_vec(), (400, "duplicate_field")),
+        ("duplicate via escape", br#"{"input": "a", "\u0069nput": "b"}"#.to_vec(), (400, "duplicate_field")),
+        ("input is a number", br#"{"input": 42}"#.to_vec(), (400, "invalid_field")),
+        ("input is an object", br#"{"input": {"text": "a"}}"#.to_vec(), (400, "invalid_field")),
+        ("speed is a string", br#"{"input": "a", "speed": "fast"}"#.to_vec(), (400, "invalid_field")),
+        ("trailing garbage", br#"{"input": "a"} x"#.to_vec(), (400, "malformed_json")),
+        ("second document", br#"{"input": "a"}{"input": "b"}"#.to_vec(), (400, "malformed_json")),
+        ("top-level array", br#"[{"input": "a"}]"#.to_vec(), (400, "invalid_body")),
+        ("empty body", Vec::new(), (400, "malformed_json")),
+        ("UTF-8 BOM prefix", b"\xEF\xBB\xBF{\"input\": \"a\"}".to_vec(), (400, "malformed_json")),
+        ("huge number", br#"{"input": "a", "speed": 1e999}"#.to_vec(), (400, "malformed_json")),
+    ];
+    for (name, body, expected) in cases {
+        let r = v.validate_body(Api::OpenAiSpeech, JSON, &body).unwrap_err();
+        assert_eq!((r.status, r.code), expected, "{name}");
+        assert!(!r.message.contains("forbidden phrase") && !r.message.contains("benign"), "{name}: {}", r.message);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body()).unwrap()["error"]["code"], expected.1);
+    }
+}
+
+#[test]
+fn configuration_errors_name_the_field() {
+    let field = |rules: TextRules| rules.compile().unwrap_err().field;
+    assert_eq!(field(TextRules { max_body_bytes: 0, ..TextRules::default() }), "text.max_body_bytes");
+    assert_eq!(field(TextRules { max_body_bytes: 32 << 20, ..TextRules::default() }), "text.max_body_bytes");
+    assert_eq!(field(TextRules { max_chars: 0, ..TextRules::default() }), "text.max_chars");
+    assert_eq!(field(TextRules { min_speed: 0.0, ..TextRules::default() }), "text.min_speed");
+    assert_eq!(field(TextRules { min_speed: f64::NAN, ..TextRules::default() }), "text.min_speed");
+    assert_eq!(field(TextRules { max_speed: 0.1, ..TextRules::default() }), "text.max_speed");
+    assert_eq!(field(TextRules { voices: vec!["a".into(), "a".into()], ..TextRules::default() }), "text.voices[1]");
+    assert_eq!(field(TextRules { response_formats: vec![" ".into()], ..TextRules::default() }), "text.response_formats[0]");
+    assert_eq!(field(TextRules { deny_patterns: vec!["[".into()], ..TextRules::default() }), "text.deny_patterns[0]");
+}
+
+#[test]
+fn configuration_json() {
+    let rules: TextRules = serde_json::from_str(
+        r#"{ "max_body_bytes": 65536, "max_chars": 4096, "allow_control_chars": false,
+             "deny_patterns": ["(?i)forbidden phrase"], "voices": ["en_US-joe-medium"],
+             "response_formats": ["wav", "pcm"], "min_speed": 0.25, "max_speed": 4.0 }"#,
+    )
+    .unwrap();
+    assert!(rules.compile().is_ok());
+    let defaults: TextRules = serde_json::from_str("{}").unwrap();
+    assert_eq!(defaults, TextRules::default());
+    assert!(serde_json::from_str::<TextRules>(r#"{"max_char": 5}"#).is_err());
+    let apis: Vec<Api> = serde_json::from_str(r#"["openai_speech", "coqui_tts", "metadata"]"#).unwrap();
+    assert_eq!(apis, vec![Api::OpenAiSpeech, Api::CoquiTts, Api::Metadata]);
+}

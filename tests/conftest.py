@@ -1,0 +1,61 @@
+"""Fixtures for the end-to-end tests: the session's voxgate stack and per-module Envoys.
+
+`stack` (session): the real sidecar and a default Envoy with the filter, shared by every test;
+see harness.stack.Stack for what it offers (URLs, tokens, metrics, Envoy restarts).
+`envoy_factory` (module): starts Envoys with other filter configurations and stops them when the
+module is done.
+"""
+
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+for path in (str(REPO_ROOT), str(TESTS_DIR)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import pytest  # noqa: E402
+
+from harness import Stack  # noqa: E402
+from tools import procs  # noqa: E402
+
+LOG_LINES_ON_FAILURE = 30
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    running = Stack(tmp_path_factory.mktemp("voxgate")).start()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture(scope="module")
+def envoy_factory(stack):
+    """`envoy_factory(filter_config, concurrency=2)` → a started harness.Envoy."""
+    started = []
+
+    def start(filter_config, concurrency=2):
+        envoy = stack.start_envoy(filter_config, concurrency)
+        started.append(envoy)
+        return envoy
+
+    try:
+        yield start
+    finally:
+        for envoy in started:
+            envoy.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that used the stack shows the last lines of the sidecar and Envoy logs."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(stack, Stack):
+        report.sections.append(("sidecar log", procs.log_tail(stack.sidecar.log_path, LOG_LINES_ON_FAILURE)))
+        if stack.envoy is not None:
+            report.sections.append(("envoy log", procs.log_tail(stack.envoy.log_path, LOG_LINES_ON_FAILURE)))

@@ -1,0 +1,150 @@
+"""Dev keys, dev tokens and the rendered Envoy bootstrap, checked independently of the filter:
+tokens against PyJWT, configurations against Envoy's own validation."""
+
+import hashlib
+import hmac
+import json
+import stat
+import subprocess
+import sys
+
+import jwt
+import pytest
+import yaml
+
+from tools import devkeys, devtoken, render_envoy
+
+REPO_ROOT = render_envoy.REPO_ROOT
+ISTIO_MANIFEST = REPO_ROOT / "envoy" / "istio" / "wasmplugin.yaml"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    return devkeys.ensure_keys(tmp_path_factory.mktemp("keys"))
+
+
+def verify(token: str, keys: devkeys.DevKeys, alg: str, **options) -> dict:
+    kid = jwt.get_unverified_header(token)["kid"]
+    key = jwt.PyJWKSet.from_dict(keys.jwks())[kid]
+    return jwt.decode(token, key=key, algorithms=[alg], audience=devtoken.DEV_AUDIENCE,
+                      issuer=devtoken.DEV_ISSUER, **options)
+
+
+def test_keys_are_created_once_and_kept_private(keys):
+    again = devkeys.ensure_keys(keys.folder)
+    assert {a: k.kid for a, k in again.keys.items()} == {a: k.kid for a, k in keys.keys.items()}
+    for name in devkeys.KEY_FILES.values():
+        assert stat.S_IMODE((keys.folder / name).stat().st_mode) == 0o600
+    published = json.loads(keys.jwks_path.read_text())
+    assert {k["alg"] for k in published["keys"]} == set(devkeys.ALGORITHMS)
+    assert all("d" not in k for k in published["keys"]), "a private key component was published"
+    assert len({k["kid"] for k in published["keys"]}) == len(devkeys.ALGORITHMS)
+
+
+def test_jwks_without_hmac_leaves_the_shared_secret_out(keys):
+    assert {k["kty"] for k in keys.jwks(include_hmac=False)["keys"]} == {"EC", "RSA", "OKP"}
+
+
+@pytest.mark.parametrize("alg", ["ES256", "ES384", "RS256", "PS256", "EdDSA", "HS256"])
+def test_tokens_verify_with_the_published_keys(keys, alg):
+    claims = verify(devtoken.mint(alg=alg, keys=keys, sub="carol", plan="pro"), keys, alg)
+    assert (claims["sub"], claims["scope"], claims["plan"]) == ("carol", "tts", "pro")
+    assert claims["exp"] - claims["iat"] == devtoken.DEFAULT_TTL_SECONDS
+
+
+def test_time_claims_are_relative_to_now(keys):
+    with pytest.raises(jwt.ExpiredSignatureError):
+        verify(devtoken.mint(keys=keys, exp=-120), keys, "ES256")
+    with pytest.raises(jwt.ImmatureSignatureError):
+        verify(devtoken.mint(keys=keys, nbf=300), keys, "ES256")
+
+
+def test_claims_set_to_none_are_left_out(keys):
+    token = devtoken.mint(keys=keys, aud=None, scope=None, plan=None, exp=None)
+    payload = jwt.decode(token, options={"verify_signature": False})
+    assert set(payload) == {"iss", "sub", "iat"}
+
+
+def test_alg_none_has_an_empty_signature_and_no_kid():
+    token = devtoken.mint(alg="none")
+    header = jwt.get_unverified_header(token)
+    assert header == {"alg": "none", "typ": "JWT"}
+    assert token.endswith(".")
+
+
+def test_hmac_can_be_signed_with_a_public_key_as_secret(keys):
+    """The algorithm-confusion token the filter must refuse: HS256 keyed by the RSA public key."""
+    public_pem = keys.key("RS256").private.public_key().public_bytes(
+        devkeys.serialization.Encoding.PEM, devkeys.serialization.PublicFormat.SubjectPublicKeyInfo)
+    token = devtoken.mint(alg="HS256", kid=keys.key("RS256").kid, signing_key=public_pem)
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT", "kid": keys.key("RS256").kid}
+    signing_input, signature = token.rsplit(".", 1)
+    expected = hmac.new(public_pem, signing_input.encode("ascii"), hashlib.sha256).digest()
+    assert signature == devkeys.b64url(expected)
+
+
+def test_cli_prints_a_token_with_the_requested_claims(keys):
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.devtoken", "--sub", "dave", "--exp", "-5", "--aud", "",
+         "--alg", "RS256", "--keys-dir", str(keys.folder)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    payload = jwt.decode(out, options={"verify_signature": False})
+    assert payload["sub"] == "dave" and "aud" not in payload and payload["exp"] < payload["iat"]
+    assert jwt.get_unverified_header(out)["kid"] == keys.key("RS256").kid
+
+
+def rendered(tmp_path, filter_config, **params):
+    path = render_envoy.write(
+        render_envoy.EnvoyParams(filter_config=filter_config, access_log=tmp_path / "access.log", **params),
+        tmp_path / "envoy.yaml")
+    return path, yaml.safe_load(path.read_text())
+
+
+def test_rendered_bootstrap_carries_ports_and_filter_config(keys, tmp_path):
+    config = render_envoy.filter_config(keys.jwks())
+    _, bootstrap = rendered(tmp_path, config, listen_port=10100, admin_port=10101, sidecar_port=10102,
+                            jwks_port=10103)
+    assert bootstrap["admin"]["address"]["socket_address"]["port_value"] == 10101
+    listener = bootstrap["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10100}
+    wasm = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    plugin = wasm["typed_config"]["config"]
+    assert plugin["failure_policy"] == "FAIL_CLOSED"
+    assert json.loads(plugin["configuration"]["value"]) == config
+    dev = [p for p in config["auth"]["providers"] if p["name"] == "dev"][0]
+    assert dev["jwks"] == keys.jwks()
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+             ["socket_address"]["port_value"] for name, c in clusters.items()}
+    assert ports == {"voxgate_sidecar": 10102, "jwks": 10103}
+
+
+def test_envoy_accepts_the_default_bootstrap(keys, tmp_path):
+    path, _ = rendered(tmp_path, render_envoy.filter_config(keys.jwks()))
+    result = render_envoy.validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def istio_documents():
+    return list(yaml.safe_load_all(ISTIO_MANIFEST.read_text()))
+
+
+def test_istio_plugin_config_matches_the_local_one_except_providers():
+    plugin = istio_documents()[0]
+    assert plugin["kind"] == "WasmPlugin"
+    assert (plugin["spec"]["phase"], plugin["spec"]["failStrategy"]) == ("AUTHN", "FAIL_CLOSE")
+    istio, local = plugin["spec"]["pluginConfig"], json.loads(render_envoy.FILTER_CONFIG.read_text())
+    assert set(istio) == set(local)
+    for section in local:
+        if section == "auth":
+            strip = lambda auth: {k: v for k, v in auth.items() if k != "providers"}  # noqa: E731
+            assert strip(istio["auth"]) == strip(local["auth"])
+        else:
+            assert istio[section] == local[section], section
+
+
+def test_envoy_accepts_the_istio_plugin_config(tmp_path):
+    plugin_config = istio_documents()[0]["spec"]["pluginConfig"]
+    path, _ = rendered(tmp_path, plugin_config)
+    result = render_envoy.validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,138 @@
+"""Renders the Envoy bootstrap (`envoy/envoy.yaml.in`) and the filter configuration it embeds.
+
+The filter configuration starts from `envoy/filter-config.json`, whose `dev` provider carries an
+empty key set: `filter_config()` puts the dev JWKS there. `render()` fills the template's
+placeholders (an upper-case name between two `@`); every value is written as a JSON scalar,
+which YAML reads unchanged, and the filter configuration becomes one JSON string (the plugin's
+`StringValue`).
+
+CLI: `python -m tools.render_envoy --out .run/envoy.yaml [--validate]`, ports from the
+VOXGATE_*_PORT environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tools import devkeys
+
+REPO_ROOT = devkeys.REPO_ROOT
+TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml.in"
+FILTER_CONFIG = REPO_ROOT / "envoy" / "filter-config.json"
+WASM = REPO_ROOT / "target" / "wasm32-wasip1" / "wasm" / "voxgate_filter.wasm"
+ENVOY = Path(os.environ.get("VOXGATE_ENVOY", REPO_ROOT / ".deps" / "bin" / "envoy"))
+DEV_PROVIDER = "dev"
+
+_PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+def env_port(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise ValueError(f"{name}={value!r} is not a port number")
+    return int(value)
+
+
+@dataclass
+class EnvoyParams:
+    """Everything that varies between one rendered bootstrap and another."""
+
+    filter_config: dict
+    listen_port: int = 10000
+    admin_port: int = 9901
+    sidecar_port: int = 5002
+    jwks_port: int = 8081
+    wasm_path: Path = WASM
+    access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
+
+    @classmethod
+    def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
+        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT."""
+        values = dict(
+            listen_port=env_port("VOXGATE_LISTEN_PORT", 10000),
+            admin_port=env_port("VOXGATE_ADMIN_PORT", 9901),
+            sidecar_port=env_port("VOXGATE_SIDECAR_PORT", 5002),
+            jwks_port=env_port("VOXGATE_JWKS_PORT", 8081),
+        )
+        values.update(overrides)
+        return cls(filter_config=filter_config, **values)
+
+
+def filter_config(jwks: dict, base: Path | dict = FILTER_CONFIG) -> dict:
+    """The filter configuration with `jwks` as the inline key set of the `dev` provider."""
+    config = copy.deepcopy(base) if isinstance(base, dict) else json.loads(Path(base).read_text())
+    providers = config.get("auth", {}).get("providers", [])
+    dev = [p for p in providers if p.get("name") == DEV_PROVIDER]
+    if len(dev) != 1:
+        raise ValueError(f"the filter configuration needs exactly one provider named {DEV_PROVIDER!r}")
+    dev[0]["jwks"] = jwks
+    return config
+
+
+def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
+    values = {
+        "LISTEN_PORT": params.listen_port,
+        "ADMIN_PORT": params.admin_port,
+        "SIDECAR_PORT": params.sidecar_port,
+        "JWKS_PORT": params.jwks_port,
+        "WASM_PATH": str(params.wasm_path),
+        "ACCESS_LOG": str(params.access_log),
+        "FILTER_CONFIG": json.dumps(params.filter_config, separators=(",", ":")),
+    }
+    text = Path(template).read_text()
+    unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
+    if unknown:
+        raise ValueError(f"{template}: no value for placeholder(s) {', '.join(unknown)}")
+    return _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+
+
+def write(params: EnvoyParams, out: Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(params))
+    return out
+
+
+def validate(config_path: Path, envoy: Path = ENVOY, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`: loads the wasm module and runs the filter's on_configure, serves nothing."""
+    return subprocess.run(
+        [str(envoy), "--mode", "validate", "-c", str(config_path), "--disable-hot-restart",
+         "--log-level", "warn"],
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Render the voxgate Envoy bootstrap.")
+    parser.add_argument("--out", required=True, type=Path, help="where to write the YAML")
+    parser.add_argument("--filter-config", type=Path, default=FILTER_CONFIG,
+                        help="filter configuration JSON (default envoy/filter-config.json)")
+    parser.add_argument("--keys-dir", default=devkeys.keys_dir(),
+                        help="dev key folder whose JWKS goes into the dev provider "
+                             "(default: $VOXGATE_KEYS_DIR, else .deps/keys)")
+    parser.add_argument("--validate", action="store_true", help="then run envoy --mode validate on it")
+    args = parser.parse_args(argv)
+
+    jwks = devkeys.ensure_keys(args.keys_dir).jwks()
+    params = EnvoyParams.from_env(filter_config(jwks, args.filter_config),
+                                  access_log=args.out.parent / "envoy-access.log")
+    write(params, args.out)
+    print(args.out)
+    if args.validate:
+        result = validate(args.out)
+        sys.stderr.write(result.stdout + result.stderr)
+        return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
