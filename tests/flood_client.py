@@ -3,8 +3,9 @@
 `keep_alive(...)` sends a stream of requests over a few persistent connections (the distinct
 tokens of a subject or token-cache flood); `one_per_connection(...)` opens a new connection for
 every request, each from its own loopback source address (a client-address flood). Both keep
-`concurrency` requests in flight and return how many answers had each status. Responses are
-read by their Content-Length; Envoy's and the sidecar's short answers all carry one.
+`concurrency` requests in flight and return how many answers had each status (`keep_alive` can
+count by status and the value of one response header instead). Responses are read by their
+Content-Length; Envoy's and the sidecar's short answers all carry one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ class FloodError(RuntimeError):
     pass
 
 
-def _response_end(buffer: bytes) -> tuple[int, int] | None:
-    """(status, length of the whole response) once `buffer` holds a complete response."""
+def _response_end(buffer: bytes) -> tuple[int, int, bytes] | None:
+    """(status, length of the whole response, lower-cased head) once `buffer` holds a complete
+    response."""
     head_end = buffer.find(b"\r\n\r\n")
     if head_end < 0:
         return None
@@ -36,12 +38,21 @@ def _response_end(buffer: bytes) -> tuple[int, int] | None:
     total = head_end + 4 + length
     if len(buffer) < total:
         return None
-    return int(buffer[9:12]), total
+    return int(buffer[9:12]), total, bytes(head)
+
+
+def _header(head: bytes, name: str) -> str | None:
+    start = head.find(b"\r\n" + name.lower().encode() + b":")
+    if start < 0:
+        return None
+    end = head.find(b"\r\n", start + 2)
+    return head[start + 3 + len(name): end if end >= 0 else len(head)].strip().decode("latin-1")
 
 
 def keep_alive(host: str, port: int, requests: Iterator[bytes], concurrency: int = 8,
-               timeout_s: float = 300.0) -> Counter:
-    """Sends every request of `requests` over `concurrency` persistent connections."""
+               timeout_s: float = 300.0, header: str | None = None) -> Counter:
+    """Sends every request of `requests` over `concurrency` persistent connections. With
+    `header`, answers are counted by (status, that header's value or None)."""
     statuses: Counter = Counter()
     selector = selectors.DefaultSelector()
     buffers: dict = {}
@@ -75,8 +86,8 @@ def keep_alive(host: str, port: int, requests: Iterator[bytes], concurrency: int
                 buffer = buffers[sock]
                 buffer += data
                 while (end := _response_end(buffer)) is not None:
-                    status, length = end
-                    statuses[status] += 1
+                    status, length, head = end
+                    statuses[status if header is None else (status, _header(head, header))] += 1
                     del buffer[:length]
                     if not send_next(sock):
                         break

@@ -1,14 +1,16 @@
 """The hostile-input corpus: requests that attackers and broken clients send to the voxgate
 listener, each with the answer it must get.
 
-Every case names the status and the error code of the JSON answer, or, where Envoy answers
-before the filter runs (431 for oversized headers, 400 for what its HTTP/1 codec refuses), the
-plain-text body of Envoy's own answer. `forwarded` cases are the few the filter must let through
-(valid requests dressed up as hostile ones); every other case must never reach the sidecar.
-`alternatives` lists other answers that are just as correct, where Envoy itself decides between
-them (a body streamed past the limit can hit Envoy's buffer limit before the filter's own 413 is
-sent: both refuse, neither forwards). `background` cases wait on one of Envoy's timeouts, so the
-test runs them concurrently with the rest.
+Every case names the status and the error code of the JSON answer. Where Envoy answers itself
+(431 for oversized headers, 400 for what its HTTP/1 codec refuses, 408 for a stalled client),
+its local_reply_config gives the same JSON shape, with Envoy's codes (`headers_too_large`,
+`malformed_request`, …) and Envoy's own text as the message, which the case names too.
+`forwarded` cases are the few the filter must let through (valid requests dressed up as hostile
+ones); every other case must never reach the sidecar. `alternatives` lists other answers that
+are just as correct, where Envoy itself decides between them (a body streamed past the limit can
+hit Envoy's buffer limit before the filter's own 413 is sent: both refuse, neither forwards).
+`background` cases wait on one of Envoy's timeouts, so the test runs them concurrently with the
+rest.
 
 Each submitted text contains MARKER, which the secrets test later looks for in every log.
 The requests are built when a case runs (`Case.request(kit)`), with tokens from the session's keys.
@@ -43,9 +45,15 @@ FORM = ("content-type", "application/x-www-form-urlencoded")
 TOKEN_HEADER = "x-api-token"
 # Identities a client claims through `x-voxgate-*`; none may ever be forwarded as the subject.
 SPOOFED_SUBJECTS = ("admin", "root", "system:internal")
-ENVOY_431 = "Request Header Fields Too Large"
-ENVOY_400 = "Bad Request"
-ENVOY_413 = "Payload Too Large"
+# Envoy's own answers (envoy/envoy.yaml.in, local_reply_config): code, and the message where it
+# is fixed.
+ENVOY_431 = ("headers_too_large", "Request Header Fields Too Large")
+ENVOY_413 = ("body_too_large", "Payload Too Large")
+
+
+def envoy_400(detail: str = "http1.codec_error") -> tuple:
+    """Envoy's 400, naming the check that refused the request."""
+    return ("malformed_request", f"malformed request ({detail})")
 
 
 class Kit:
@@ -195,7 +203,7 @@ class Case:
     request: Callable[[Kit], bytes | list]
     status: int
     code: str | None = None
-    envoy_body: str | None = None
+    message: str | None = None
     forwarded: bool = False
     alternatives: tuple = ()
     head: bool = False
@@ -206,17 +214,18 @@ class Case:
         return f"{self.category}-{self.name}"
 
     def answers(self) -> list[tuple]:
-        """Every acceptable (status, code, envoy_body)."""
-        return [(self.status, self.code, self.envoy_body), *self.alternatives]
+        """Every acceptable (status, code, message); a message of None is not checked."""
+        return [(self.status, self.code, self.message), *self.alternatives]
 
 
 def refused(category: str, name: str, request, status: int, code: str, **kw) -> Case:
     return Case(category, name, request, status, code=code, **kw)
 
 
-def envoy(category: str, name: str, request, status: int, body: str, **kw) -> Case:
-    """Envoy answers itself, before the filter sees the request."""
-    return Case(category, name, request, status, envoy_body=body, **kw)
+def envoy(category: str, name: str, request, status: int, answer: tuple, **kw) -> Case:
+    """Envoy answers itself, before the filter decides: `answer` is (code, message)."""
+    code, message = answer
+    return Case(category, name, request, status, code=code, message=message, **kw)
 
 
 def passes(category: str, name: str, request, status: int = 200, code: str | None = None, **kw) -> Case:
@@ -489,7 +498,7 @@ def _body_cases() -> list[Case]:
         bad("five_megabytes_declared", five_mb, "body_too_large", 413),
         refused("body", "five_megabytes_chunked",
                 lambda k: speech(k, chunked(five_mb, 65_536), ("transfer-encoding", "chunked")), 413,
-                "body_too_large", alternatives=((413, None, ENVOY_413),)),
+                "body_too_large", alternatives=((413, *ENVOY_413),)),
         bad("one_byte_over_the_limit", lambda k: speech_json().ljust(k.max_body_bytes + 1, b" "),
             "body_too_large", 413),
         refused("body", "one_byte_over_the_limit_chunked",
@@ -639,7 +648,7 @@ def _route_cases() -> list[Case]:
         refused("route", "spoofed_subject_instead_of_token", raw(get(MODELS, ("x-voxgate-subject", "admin"))),
                 401, "token_missing"),
         envoy("route", "header_name_with_space",
-              lambda k: get(MODELS, bearer(k.token()), ("x-voxgate-subject ", "admin")), 400, ENVOY_400),
+              lambda k: get(MODELS, bearer(k.token()), ("x-voxgate-subject ", "admin")), 400, envoy_400()),
         # Methods.
         method("get_on_speech", "GET", SPEECH),
         method("put_on_speech", "PUT", SPEECH),
@@ -653,7 +662,7 @@ def _route_cases() -> list[Case]:
         # CONNECT names an authority, not a path: no route serves it.
         method("connect", "CONNECT", "voxgate.test:443", "unknown_route", 404),
         envoy("route", "method_unknown_verb", lambda k: request_bytes("BREW", MODELS, [HOST, bearer(k.token())]),
-              400, ENVOY_400),
+              400, envoy_400()),
         # Paths: outside the route table, or made to look like a route.
         path("admin", "/admin"),
         path("root", "/"),
@@ -664,16 +673,18 @@ def _route_cases() -> list[Case]:
         path("encoded_dot_dot", "/v1/%2e%2e/admin"),
         path("backslashes", "/v1\\..\\admin"),
         path("encoded_percent", "/v1/%25admin", 400, "invalid_path"),
-        envoy("route", "path_encoded_slash", lambda k: get("/v1/audio%2fspeech", bearer(k.token())), 400, ""),
+        envoy("route", "path_encoded_slash", lambda k: get("/v1/audio%2fspeech", bearer(k.token())), 400,
+              envoy_400("path_normalization_failed")),
         envoy("route", "path_with_raw_nul", raw(b"GET /v1/mo\x00dels HTTP/1.1\r\nhost: voxgate.test\r\n\r\n"),
-              400, ENVOY_400),
+              400, envoy_400("http1.invalid_characters")),
         envoy("route", "path_70kb", lambda k: get("/v1/models/" + "a" * 70_000, bearer(k.token())), 431, ENVOY_431),
         passes("route", "path_dot_dot_into_a_route", lambda k: get("/api/tts/../../v1/models", bearer(k.token()))),
         passes("route", "path_doubled_slashes", lambda k: get("//v1//models", bearer(k.token()))),
         passes("route", "path_absolute_form", lambda k: get("http://attacker.example/v1/models", bearer(k.token()))),
-        # The route prefix `/healthz` also matches `/healthzz`: it reaches the sidecar without a
-        # token, which answers 404. See the README's security notes.
-        passes("route", "path_extending_an_anonymous_prefix", raw(get("/healthzz")), 404, "not_found"),
+        # Prefixes match whole segments: `/healthzz` is not under the anonymous `/healthz`.
+        path("extending_an_anonymous_prefix", "/healthzz", token=False),
+        path("extending_an_anonymous_prefix_with_a_dot", "/healthz.json", token=False),
+        path("extending_an_authenticated_prefix", "/api/ttsx?text=hi"),
         # Huge and malformed header sets: Envoy's codec refuses them before any filter runs.
         envoy("route", "headers_101", lambda k: get(MODELS, bearer(k.token()), *[(f"x-h{i}", "v") for i in range(101)]),
               431, ENVOY_431),
@@ -681,24 +692,25 @@ def _route_cases() -> list[Case]:
               ENVOY_431),
         envoy("route", "headers_61kb_in_small_pieces",
               lambda k: get(MODELS, bearer(k.token()), *[(f"x-h{i}", "v" * 650) for i in range(95)]), 431, ENVOY_431),
-        envoy("route", "header_value_with_control_byte",
-              lambda k: get(MODELS, bearer(k.token()), ("x-a", b"b\x01c")), 400, ENVOY_400),
+        envoy("route", "header_value_with_control_byte", lambda k: get(MODELS, bearer(k.token()), ("x-a", b"b\x01c")),
+              400, envoy_400("http1.invalid_characters")),
         envoy("route", "missing_host", lambda k: b"GET /v1/models HTTP/1.1\r\nauthorization: Bearer "
-              + k.token().encode() + b"\r\n\r\n", 400, ""),
-        envoy("route", "http_1_0", raw(b"GET /healthz HTTP/1.0\r\n\r\n"), 426, "Upgrade Required"),
+              + k.token().encode() + b"\r\n\r\n", 400, envoy_400("missing_host_header")),
+        envoy("route", "http_1_0", raw(b"GET /healthz HTTP/1.0\r\n\r\n"), 426,
+              ("http_version_not_supported", "Upgrade Required")),
         # A folded header line is unfolded by Envoy; without a token that is a plain 401.
         refused("route", "obsolete_line_folding",
                 raw(b"GET /v1/models HTTP/1.1\r\nhost: voxgate.test\r\nx-a: b\r\n c\r\n\r\n"), 401, "token_missing"),
         # Request smuggling shapes.
         envoy("route", "content_length_and_chunked",
               lambda k: speech(k, b"0\r\n\r\n", ("content-length", "5"), ("transfer-encoding", "chunked")),
-              400, ENVOY_400),
+              400, envoy_400("http1.content_length_and_chunked_not_allowed")),
         envoy("route", "content_length_not_a_number", lambda k: speech(k, b"", ("content-length", "abc")),
-              400, ENVOY_400),
+              400, envoy_400()),
         envoy("route", "two_content_lengths", lambda k: speech(k, b"{}", ("content-length", "2"),
-                                                              ("content-length", "3")), 400, ENVOY_400),
+                                                              ("content-length", "3")), 400, envoy_400()),
         envoy("route", "chunk_size_not_hex",
-              lambda k: speech(k, b"zz\r\nabc\r\n0\r\n\r\n", ("transfer-encoding", "chunked")), 400, ENVOY_400),
+              lambda k: speech(k, b"zz\r\nabc\r\n0\r\n\r\n", ("transfer-encoding", "chunked")), 400, envoy_400()),
     ]
 
 
@@ -728,11 +740,11 @@ def _transport_cases() -> list[Case]:
                 413, "body_too_large"),
         # A client that stops sending holds nothing for long: Envoy's request timeouts end it.
         envoy("transport", "stalled_headers", raw(b"POST /v1/audio/speech HTTP/1.1\r\nhost: voxgate.test\r\n"),
-              408, "request header timeout", background=True),
+              408, ("request_timeout", "request header timeout"), background=True),
         envoy("transport", "stalled_body", lambda k: [Piece(sized_head(k, body) + body[:10], 60)], 408,
-              "request timeout", background=True),
+              ("request_timeout", "request timeout"), background=True),
         envoy("transport", "stalled_chunk", lambda k: [Piece(chunked_head(k) + b"40\r\n" + body[:10], 60)], 408,
-              "request timeout", background=True),
+              ("request_timeout", "request timeout"), background=True),
     ]
 
 

@@ -1,17 +1,20 @@
 """End to end: faults around the gate, with the real Envoy, the real filter and real sidecars.
 
 - A sidecar killed under load: clients get Envoy's 503 at once (not after the route timeout),
-  and service resumes by itself once the sidecar is back, without touching Envoy.
+  in the JSON error shape (`upstream_unavailable`), and service resumes by itself once the
+  sidecar is back, without touching Envoy.
 - A saturated sidecar (one worker, a queue of one): its 503 `queue_full` with `Retry-After`
   passes through Envoy; with the circuit breaker tightened, Envoy refuses the overflow itself
-  (`upstream_rq_pending_overflow`) and the sidecar never sees it; nothing waits without bound.
+  (`upstream_rq_pending_overflow`, a JSON `upstream_unavailable`) and the sidecar never sees it;
+  nothing waits without bound.
+- A sidecar slower than the route timeout: Envoy's 504, as JSON `upstream_timeout`.
 - A JWKS endpoint that serves garbage, never answers, or is down: the last good keys keep
   working, every failed fetch is counted in `voxgate_jwks_fetch{result="failed"}` (and logged
   once), and a rotated key set is picked up once the endpoint is back.
 - A filter that cannot start (bad configuration, garbage or truncated module): `envoy --mode
   validate` refuses it, and a real Envoy refuses to start with it, so nothing is ever served
   unfiltered. A filter VM that traps while serving (a minimal proxy-wasm module whose request
-  callback is `unreachable`) fails closed: 503, never forwarded, and the trap shows in the log
+  callback is `unreachable`) fails closed: 503 `filter_failed`, never forwarded, and the trap shows in the log
   the way the other tests look for it.
 
 These tests start their own sidecars (one worker, the Piper voice only) on their own ports, so
@@ -147,8 +150,22 @@ class Load:
             time.sleep(0.1)
 
 
+def envoy_error(outcome: Outcome) -> dict | None:
+    """The `error` object of a JSON error answer, or None."""
+    if outcome.headers.get("content-type") != "application/json":
+        return None
+    try:
+        error = json.loads(outcome.body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error if isinstance(error, dict) else None
+
+
 def is_envoy_upstream_failure(outcome: Outcome) -> bool:
-    return outcome.status == 503 and outcome.body.startswith(b"upstream connect error")
+    """Envoy's own 503 for an unreachable sidecar, in the JSON shape of its local_reply_config."""
+    error = envoy_error(outcome) or {}
+    return (outcome.status == 503 and error.get("code") == "upstream_unavailable"
+            and error.get("type") == "server_error" and error.get("message", "").startswith("upstream connect error"))
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +297,40 @@ def test_circuit_breaker_refuses_the_overflow_before_the_sidecar(stack, saturate
     assert overloaded and spoken
     assert len(overloaded) + len(spoken) == len(outcomes), [(o.status, o.body[:60]) for o in outcomes]
     assert overflow == len(overloaded)
+    for o in overloaded:
+        error = envoy_error(o)
+        assert error is not None and error["code"] == "upstream_unavailable", (o.headers, o.body[:200])
+        assert "overflow" in error["message"], error
     assert reached == len(spoken), "the requests Envoy refused never reached the sidecar"
     assert all(o.elapsed < FAST_S for o in overloaded)
     assert all(o.elapsed < BOUND_S for o in outcomes)
+
+
+class ShortRouteTimeoutEnvoy(Envoy):
+    """The bootstrap with the route timeout cut to 50 ms, shorter than any synthesis."""
+
+    def render(self) -> Path:
+        path = super().render()
+        text, count = re.subn(r"\btimeout: 120s\b", "timeout: 0.05s", path.read_text())
+        assert count == 1, "the bootstrap has no single route timeout of 120 s"
+        path.write_text(text)
+        return path
+
+
+def test_a_sidecar_slower_than_the_route_timeout_gets_envoys_json_504(stack):
+    sidecar = spare_sidecar(stack, "fault-slow").start()
+    envoy = ShortRouteTimeoutEnvoy(stack.root / "fault-slow-envoy", roomy_config(stack), sidecar_port=sidecar.port,
+                                   jwks_port=stack.jwks_server.port)
+    try:
+        envoy.start()
+        outcome = post_speech(envoy.url, speech_headers(stack), LONG_TEXT)
+    finally:
+        envoy.stop()
+        sidecar.stop()
+    assert outcome.status == 504, (outcome.status, outcome.body[:200])
+    assert envoy_error(outcome) == {"type": "server_error", "code": "upstream_timeout",
+                                    "message": "upstream request timeout"}, outcome.body
+    assert outcome.elapsed < FAST_S
 
 
 class FlakyIdentityProvider:
@@ -516,6 +564,8 @@ def test_filter_vm_that_traps_while_serving_fails_closed(stack):
     try:
         answers = [requests.get(envoy.url + path, timeout=TIMEOUT) for path in ("/healthz", "/v1/models", "/healthz")]
         assert [a.status_code for a in answers] == [503, 503, 503]
+        assert all(a.headers["content-type"] == "application/json" for a in answers)
+        assert [a.json()["error"]["code"] for a in answers] == ["filter_failed"] * 3
         assert envoy.running
         log = envoy.log_text()
     finally:

@@ -4,11 +4,13 @@ Every check uses a fresh key (a new subject, or a new loopback source address fo
 bucket), so each starts from a full bucket that no earlier test touched. 64 requests are sent at
 once over 64 connections; with no refill, exactly `capacity` of them may pass, whichever worker
 serves them. Counts come from the answers and, for what reached the sidecar, from Envoy's access
-log.
+log. Last, slots are addressed by a keyed hash: identities aimed at a victim's slot with the
+public hash the filter once used do not land there.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -201,3 +203,47 @@ def test_shadow_mode_forwards_and_counts(stack, envoy_factory):
     assert statuses(responses) == {200: 12}
     shadow = sum(s.value for s in envoy.stats().find("voxgate_shadow_refused", bucket="subject_requests"))
     assert shadow == 12 - EXACT_CAPACITY
+
+
+_MASK = (1 << 64) - 1
+
+
+def public_hash(identity: str) -> int:
+    """The unkeyed slot hash the filter once used (FNV-1a 64, then the MurmurHash3 finalizer):
+    anyone could compute it to choose identities that share a victim's slot."""
+    h = 0xcbf29ce484222325
+    for byte in identity.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001b3) & _MASK
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) & _MASK
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) & _MASK
+    return h ^ (h >> 33)
+
+
+def test_identities_aimed_at_a_victims_slot_with_a_public_hash_miss_it(stack, envoy_factory):
+    """A subject in the victim's slot shares the victim's record under the stricter plan, which
+    its `X-RateLimit-Limit` shows. With the slot hash keyed by the deployment's secret, each aimed
+    subject lands there only by chance (1 in SLOTS)."""
+    slots, aimed_count = 4096, 8
+    config = stack.filter_config()
+    config["rate_limits"] = {"slots": slots, "default_plan": "crowd", "plans": {
+        "victim": {"requests": {"capacity": 100, "refill_per_second": 0}},
+        "crowd": {"requests": {"capacity": 1000, "refill_per_second": 0}}}}
+    envoy = envoy_factory(config)
+    victim = f"victim-{uuid.uuid4().hex[:12]}"
+    target = public_hash(victim) % slots
+    aimed = list(itertools.islice(
+        (s for s in (f"aimed-{n}" for n in itertools.count()) if public_hash(s) % slots == target), aimed_count))
+
+    def limit(session, subject: str, plan: str) -> str:
+        headers = {"Authorization": f"Bearer {stack.token(sub=subject, plan=plan)}"}
+        response = session.get(envoy.url + MODELS, headers=headers, timeout=TIMEOUT)
+        assert response.status_code == 200, response.text
+        return response.headers["x-ratelimit-limit"].split(",")[0]
+
+    with requests.Session() as session:
+        assert limit(session, victim, "victim") == "100"
+        limits = [limit(session, subject, "crowd") for subject in aimed]
+    # By chance at most one of 8 shares the slot (two or more: about 2 in a million runs).
+    assert limits.count("100") <= 1, f"{limits.count('100')} of {aimed_count} aimed subjects share the victim's slot"

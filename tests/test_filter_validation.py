@@ -14,6 +14,8 @@ import uuid
 import pytest
 import requests
 
+from gate_checks import LogCursor
+
 SPEECH = "/v1/audio/speech"
 COQUI = "/api/tts"
 VOICE = "en_US-joe-medium"
@@ -88,6 +90,15 @@ def test_body_over_the_limit_is_413_announced_or_streamed(gate, stack):
     assert_error(response, 413, "body_too_large")
 
 
+def test_a_body_at_the_filters_limit_gets_speech_from_the_sidecar(gate, stack):
+    """The sidecar reads bodies at least as large as the filter admits, so no body the filter
+    has admitted (and charged to the buckets) is refused behind it for its size."""
+    body = json.dumps(speech("Mostly padding, and a short text.")).encode()
+    padded = body[:-1] + b" " * (gate.max_body_bytes - len(body)) + b"}"
+    assert len(padded) == gate.max_body_bytes
+    assert_wav(post_json(gate, stack, padded))
+
+
 def test_wrong_content_type_is_415(gate, stack):
     response = requests.post(gate.url + SPEECH, data=json.dumps(speech()), timeout=TIMEOUT,
                              headers={**auth(stack), "Content-Type": "text/plain"})
@@ -145,6 +156,23 @@ def test_unknown_routes_methods_and_ambiguous_paths_are_refused(gate, stack):
     # What normalization keeps encoded could be read differently upstream: refused.
     response = requests.get(gate.url + "/v1/%25admin", headers=auth(stack), timeout=TIMEOUT)
     assert_error(response, 400, "invalid_path")
+    # Prefixes match whole path segments: `/healthzz` is not under the anonymous `/healthz`.
+    for path in ("/healthzz", "/healthz.json", "/api/ttsx"):
+        assert_error(requests.get(gate.url + path, timeout=TIMEOUT), 404, "unknown_route")
+    assert requests.get(gate.url + "/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_refused_method_is_logged_with_the_route_it_matched(gate, stack):
+    log = LogCursor(gate.log_path)
+    response = requests.put(gate.url + "/api/tts", headers=auth(stack), timeout=TIMEOUT)
+    assert_error(response, 405, "method_not_allowed")
+    line = "voxgate: refused reason=method_not_allowed status=405 route=/api/tts "
+    deadline = time.monotonic() + 10
+    seen = ""
+    while line not in seen:
+        assert time.monotonic() < deadline, f"no refusal line names the route: {seen[-500:]}"
+        time.sleep(0.2)
+        seen += log.new_text()
 
 
 def test_refused_bodies_never_reach_the_sidecar(gate, stack):

@@ -18,10 +18,16 @@ floods grew `allocated` by < 1.5 MB and the resident set by < 4 MB. The bounds a
 between the two, and each flood is large enough that a per-identity leak would exceed its bound
 by at least 1.5 times (checked below, so a smaller flood cannot make the test vacuous).
 
-After each flood, identities that existed before keep exact limits: a "clear" one, whose slot
-no flood identity shares, gets exactly what was left of its bucket; a "shared" one, whose slot
-exactly SHARED flood identities were made to hash into, gets exactly that much less (a slot
-collision can only make limits stricter, never looser, and the arithmetic stays exact).
+After each flood, an identity that existed before (the victim) keeps an exact limit. Slots are
+addressed by a hash keyed with the deployment's secret, so nobody, this test included, can aim
+flood identities at the victim's slot; about SUBJECTS / SLOTS of them land there by chance and
+share the victim's record under the stricter of both plans (a collision makes limits stricter,
+never looser). A flood subject in the victim's slot is visible by the victim's plan in its
+`X-RateLimit-Limit`, so the subject test accounts for every token of the victim's bucket: those
+taken before, those taken by colliding flood requests, and those left, which the victim then
+gets exactly, down to a 429. The address flood has one plan for everyone, so there the victim
+gets exactly what its `X-RateLimit-Remaining` reports, counting down to a 429, and never more
+than it had left before the flood.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import itertools
 import json
 import os
 import time
@@ -47,9 +52,11 @@ SUBJECTS = int(os.environ.get("VOXGATE_FLOOD_SUBJECTS", 50_000))
 ADDRESSES = int(os.environ.get("VOXGATE_FLOOD_ADDRESSES", 40_000))
 SLOTS = 4096
 CACHE_ENTRIES = 1024
-WATCH_CAPACITY = 10
+# Far more than the flood requests expected in the victim's slot (SUBJECTS / SLOTS ≈ 12), so the
+# victim has tokens left to prove its count with.
+WATCH_CAPACITY = 100
+FLOOD_CAPACITY = 1000
 USED_BEFORE = 4
-SHARED = 3
 MB = 1 << 20
 SUBJECT_KEY_BYTES = 150
 ADDRESS_KEY_BYTES = 220
@@ -59,47 +66,29 @@ RSS_BOUND = 24 * MB
 WARM_UP_REQUESTS = 2000
 FLOOD_TIMEOUT_S = max(240, max(SUBJECTS, ADDRESSES) // 400)
 
-_MASK = (1 << 64) - 1
+
+def limit_of(header_value: str | None) -> int | None:
+    """The single limit an `X-RateLimit-Limit` value starts with."""
+    return int(header_value.split(",")[0]) if header_value else None
 
 
-def identity_hash(identity: str) -> int:
-    """The filter's slot hash (ratelimit/keys.rs): FNV-1a 64, then the MurmurHash3 finalizer."""
-    h = 0xcbf29ce484222325
-    for byte in identity.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001b3) & _MASK
-    h ^= h >> 33
-    h = (h * 0xff51afd7ed558ccd) & _MASK
-    h ^= h >> 33
-    h = (h * 0xc4ceb9fe1a85ec53) & _MASK
-    return h ^ (h >> 33)
+def spend(send, count: int) -> list[rawhttp.Response]:
+    return [send() for _ in range(count)]
 
 
-def slot(identity: str) -> int:
-    return identity_hash(identity) % SLOTS
-
-
-def flood_identities(make, clear: str, shared: str, count: int) -> list[str]:
-    """`count` identities among make(0), make(1), …: none in the slot of `clear`, exactly SHARED
-    in the slot of `shared`."""
-    chosen, in_shared = [], []
-    for n in itertools.count():
-        identity = make(n)
-        if slot(identity) == slot(clear):
-            continue
-        if slot(identity) == slot(shared):
-            if len(in_shared) < SHARED:
-                in_shared.append(identity)
-        elif len(chosen) < count - SHARED:
-            chosen.append(identity)
-        if len(chosen) == count - SHARED and len(in_shared) == SHARED:
-            return chosen + in_shared
-    raise AssertionError("unreachable")
-
-
-def avoiding(identities, *watched: str) -> list[str]:
-    """The identities whose slots no watched identity uses (for warming up without touching them)."""
-    taken = {slot(w) for w in watched}
-    return [i for i in identities if slot(i) not in taken]
+def drain(send) -> int:
+    """Sends until the first 429 and returns how many were allowed before it, checking that the
+    remaining count each answer reports goes down by exactly one, to 0, before the refusal."""
+    allowed = []
+    for _ in range(WATCH_CAPACITY + 1):
+        response = send()
+        if response.status == 429:
+            assert response.header("retry-after"), response.headers
+            assert [int(r.header("x-ratelimit-remaining")) for r in allowed] == list(range(len(allowed) - 1, -1, -1))
+            return len(allowed)
+        assert response.status == 200, (response.status, response.body[:200])
+        allowed.append(response)
+    raise AssertionError("the victim was never refused")
 
 
 class FastTokens:
@@ -134,7 +123,7 @@ def flood_envoy(stack, envoy_factory):
     watch = {"requests": {"capacity": WATCH_CAPACITY, "refill_per_second": 0}}
     config["rate_limits"] = {
         "slots": SLOTS, "default_plan": "flood",
-        "plans": {"flood": {"requests": {"capacity": 1000, "refill_per_second": 0}}, "watch": watch},
+        "plans": {"flood": {"requests": {"capacity": FLOOD_CAPACITY, "refill_per_second": 0}}, "watch": watch},
         "anonymous": watch,
     }
     return envoy_factory(config)
@@ -155,56 +144,63 @@ def measure(envoy, flood, identities: list[str]) -> tuple:
     return statuses, seconds, after.allocated - before.allocated, after.rss - before.rss
 
 
-def statuses_of(send, count: int) -> list[int]:
-    return [send().status for _ in range(count)]
+def taken_from_the_victim(answers) -> int:
+    """Requests of other subjects that were charged to the victim's record: in its slot they
+    answer with the victim's (stricter) limit. Every other answer is an allowed flood request."""
+    shared = {key: n for key, n in answers.items() if limit_of(key[1]) == WATCH_CAPACITY}
+    others = {key: n for key, n in answers.items() if key not in shared}
+    assert {(status, limit_of(limit)) for status, limit in others} <= {(200, FLOOD_CAPACITY)}, answers
+    assert {status for status, _ in shared} <= {200, 429}, answers
+    return sum(n for (status, _), n in shared.items() if status == 200)
 
 
 def test_subject_and_token_flood_keeps_memory_bounded_and_limits_exact(stack, flood_envoy):
     assert SUBJECTS * SUBJECT_KEY_BYTES > 1.5 * ALLOCATED_BOUND
     assert SUBJECTS * CACHED_TOKEN_BYTES > 1.5 * RSS_BOUND
     tokens = FastTokens(stack)
-    clear, shared = "watch-clear", "watch-shared"
-    subjects = flood_identities(lambda n: f"flood-{n}", clear, shared, SUBJECTS)
-    warm = avoiding([f"warm-{i}" for i in range(40)], clear, shared)[:20]
+    victim = "watch-victim"
+    subjects = [f"flood-{n}" for n in range(SUBJECTS)]
+    warm = [f"warm-{i}" for i in range(20)]
 
     def send(subject):
         return lambda: rawhttp.exchange("127.0.0.1", flood_envoy.port, tokens.request(subject, "watch"))
 
-    for watched in (clear, shared):
-        assert statuses_of(send(watched), USED_BEFORE) == [200] * USED_BEFORE
+    before = spend(send(victim), USED_BEFORE)
+    assert [r.status for r in before] == [200] * USED_BEFORE
+    assert before[-1].header("x-ratelimit-remaining") == str(WATCH_CAPACITY - USED_BEFORE)
     warmed = flood_client.keep_alive("127.0.0.1", flood_envoy.port,
-                                     (tokens.request(warm[i % len(warm)]) for i in range(WARM_UP_REQUESTS)))
-    assert warmed == {200: WARM_UP_REQUESTS}
+                                     (tokens.request(warm[i % len(warm)]) for i in range(WARM_UP_REQUESTS)),
+                                     header="x-ratelimit-limit")
+    assert sum(warmed.values()) == WARM_UP_REQUESTS
 
-    statuses, seconds, allocated, rss = measure(flood_envoy, lambda: flood_client.keep_alive(
+    answers, seconds, allocated, rss = measure(flood_envoy, lambda: flood_client.keep_alive(
         "127.0.0.1", flood_envoy.port, (tokens.request(s) for s in subjects), concurrency=16,
-        timeout_s=FLOOD_TIMEOUT_S), subjects)
+        timeout_s=FLOOD_TIMEOUT_S, header="x-ratelimit-limit"), subjects)
+    shared = taken_from_the_victim(warmed) + taken_from_the_victim(answers)
     print(f"\nflood figures: {SUBJECTS} subjects/tokens in {seconds:.1f} s: allocated {allocated / MB:+.2f} MB, "
-          f"RSS {rss / MB:+.2f} MB")
-    assert statuses == {200: SUBJECTS}
+          f"RSS {rss / MB:+.2f} MB, {shared} requests charged to the victim's slot")
+    assert sum(answers.values()) == SUBJECTS
     assert allocated < ALLOCATED_BOUND
     assert rss < RSS_BOUND
 
-    left = WATCH_CAPACITY - USED_BEFORE
-    assert statuses_of(send(clear), left + 1) == [200] * left + [429]
-    assert statuses_of(send(shared), left - SHARED + 1) == [200] * (left - SHARED) + [429]
+    assert USED_BEFORE + shared + drain(send(victim)) == WATCH_CAPACITY, "every token of the victim is accounted for"
     assert wasm_traps(flood_envoy.log_text()) == []
 
 
 def test_client_address_flood_keeps_memory_bounded_and_limits_exact(flood_envoy):
     assert ADDRESSES * ADDRESS_KEY_BYTES > 1.5 * ALLOCATED_BOUND
-    # 127.160.x.y onwards for the flood; the watched addresses are outside that range.
-    clear, shared = "127.159.0.1", "127.159.0.2"
-    addresses = flood_identities(lambda n: f"127.{160 + n // 64516}.{1 + n // 254 % 254}.{1 + n % 254}",
-                                 clear, shared, ADDRESSES)
-    warm = avoiding([f"127.158.0.{i}" for i in range(1, 40)], clear, shared)[:5]
+    # 127.160.x.y onwards for the flood; the victim and the warm-up addresses are outside that range.
+    victim = "127.159.0.1"
+    addresses = [f"127.{160 + n // 64516}.{1 + n // 254 % 254}.{1 + n % 254}" for n in range(ADDRESSES)]
+    warm = [f"127.158.0.{i}" for i in range(1, 6)]
     healthz = rawhttp.request_bytes("GET", "/healthz", [("host", "voxgate.test")])
 
     def send(address):
         return lambda: rawhttp.exchange("127.0.0.1", flood_envoy.port, healthz, source=address)
 
-    for watched in (clear, shared):
-        assert statuses_of(send(watched), USED_BEFORE) == [200] * USED_BEFORE
+    before = spend(send(victim), USED_BEFORE)
+    assert [r.status for r in before] == [200] * USED_BEFORE
+    assert before[-1].header("x-ratelimit-remaining") == str(WATCH_CAPACITY - USED_BEFORE)
     warmed = flood_client.one_per_connection("127.0.0.1", flood_envoy.port, healthz,
                                              (warm[i % len(warm)] for i in range(WARM_UP_REQUESTS // 20)))
     assert set(warmed) <= {200, 429}
@@ -218,7 +214,5 @@ def test_client_address_flood_keeps_memory_bounded_and_limits_exact(flood_envoy)
     assert allocated < ALLOCATED_BOUND
     assert rss < RSS_BOUND
 
-    left = WATCH_CAPACITY - USED_BEFORE
-    assert statuses_of(send(clear), left + 1) == [200] * left + [429]
-    assert statuses_of(send(shared), left - SHARED + 1) == [200] * (left - SHARED) + [429]
+    assert drain(send(victim)) <= WATCH_CAPACITY - USED_BEFORE, "a collision never loosens a limit"
     assert wasm_traps(flood_envoy.log_text()) == []

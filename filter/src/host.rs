@@ -54,8 +54,9 @@ pub trait Host: SharedStore {
     fn add_response_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// The first `size` bytes of the buffered request body.
     fn request_body(&self, size: usize) -> Result<Vec<u8>, HostError>;
-    /// Answers the request locally; the upstream never sees it.
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError>;
+    /// Answers the request locally; the upstream never sees it. `details` becomes Envoy's
+    /// response code details (`%RESPONSE_CODE_DETAILS%`, no whitespace).
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError>;
     /// Wall-clock time in milliseconds since the Unix epoch.
     fn now_ms(&self) -> Result<u64, HostError>;
     /// The downstream peer as Envoy sees it (`source.address`, `ip:port`), honouring
@@ -327,13 +328,13 @@ impl Host for ProxyHost {
             .unwrap_or_default())
     }
 
-    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    fn send_response(&self, status: u16, details: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
         let map = encode_header_map(headers);
         let result = unsafe {
             abi::proxy_send_local_response(
                 u32::from(status),
-                std::ptr::null(),
-                0,
+                details.as_ptr(),
+                details.len(),
                 body.as_ptr(),
                 body.len(),
                 map.as_ptr(),
@@ -415,7 +416,8 @@ impl Host for ProxyHost {
 #[cfg(test)]
 pub mod fake {
     //! An in-memory `Host` for unit tests: records what the flow did; shared data is the
-    //! rate limiter's `MemoryStore`, which follows Envoy's CAS rules exactly.
+    //! rate limiter's `MemoryStore`, which follows Envoy's CAS rules exactly, with a fixed
+    //! slot-hash secret so that runs are alike.
 
     use std::cell::{Cell, RefCell};
     use std::time::Duration;
@@ -430,6 +432,7 @@ pub mod fake {
     #[derive(Debug, Clone)]
     pub struct SentResponse {
         pub status: u16,
+        pub details: String,
         pub headers: Vec<(String, String)>,
         pub body: String,
     }
@@ -476,7 +479,7 @@ pub mod fake {
 
     impl FakeHost {
         pub fn new() -> Self {
-            let host = FakeHost::default();
+            let host = FakeHost { shared: MemoryStore::with_fixed_secret(), ..FakeHost::default() };
             host.now_ms.set(1_700_000_000_000);
             *host.client_address.borrow_mut() = Some("203.0.113.7:40000".to_string());
             host
@@ -571,11 +574,18 @@ pub mod fake {
             Ok(body[..size.min(body.len())].to_vec())
         }
 
-        fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+        fn send_response(
+            &self,
+            status: u16,
+            details: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+        ) -> Result<(), HostError> {
             let mut sent = self.sent.borrow_mut();
             assert!(sent.is_none(), "a second local response was sent for one request");
             *sent = Some(SentResponse {
                 status,
+                details: details.to_string(),
                 headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
                 body: String::from_utf8(body.to_vec()).expect("local response body is UTF-8"),
             });

@@ -229,8 +229,8 @@ impl RequestFlow {
         let method = header(&headers, ":method").unwrap_or_default();
         let path = header(&headers, ":path").unwrap_or_default();
         let route = config.routes.find(path)?.clone();
-        route.check_method(method)?;
         self.route = Some(route.clone());
+        route.check_method(method)?;
 
         if route.auth {
             self.authenticate(host, guard, &headers)?;
@@ -687,6 +687,13 @@ mod tests {
         let sent = assert_refused(&host, &exchange, 405, "method_not_allowed");
         assert_eq!(sent.header("allow"), Some("POST"));
         assert_eq!(host.counter("voxgate.decision.unknown_route"), 1);
+        let logs = host.logs.borrow();
+        assert!(logs[0].1.starts_with("voxgate: refused reason=unknown_route status=404 route=- "), "{}", logs[0].1);
+        assert!(
+            logs[1].1.starts_with("voxgate: refused reason=method_not_allowed status=405 route=/v1/audio/speech "),
+            "the 405 names the route it matched: {}",
+            logs[1].1
+        );
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! The log line names the reason, status, route, subject and client address; the token and
 //! the submitted text never reach it (a `Rejection` carries neither).
+//!
+//! Every answer the filter sends carries Envoy response code details `voxgate.<code>`, so the
+//! access log shows which refusal it was, and Envoy's `local_reply_config` can leave the
+//! filter's JSON answers alone while it rewrites Envoy's own plain-text ones.
 
 use proxy_wasm::types::LogLevel;
 
@@ -41,12 +45,16 @@ pub fn reject(
     send(host, rejection)
 }
 
+/// Prefix of the response code details of every answer the filter sends.
+const DETAILS_PREFIX: &str = "voxgate.";
+
 /// The local response for `rejection`: status, OpenAI error JSON, its extra headers.
 pub fn send(host: &dyn Host, rejection: &Rejection) -> Result<(), HostError> {
     let body = rejection.body();
+    let details = format!("{DETAILS_PREFIX}{}", rejection.code);
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("cache-control", "no-store")];
     headers.extend(rejection.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    host.send_response(rejection.status, &headers, body.as_bytes())
+    host.send_response(rejection.status, &details, &headers, body.as_bytes())
 }
 
 #[cfg(test)]
@@ -68,6 +76,7 @@ mod tests {
 
         let sent = host.sent().unwrap();
         assert_eq!(sent.status, 429);
+        assert_eq!(sent.details, "voxgate.rate_limited");
         assert_eq!(sent.header("content-type"), Some("application/json"));
         assert_eq!(sent.header("retry-after"), Some("3"));
         assert_eq!(sent.code(), "rate_limited");

@@ -1,5 +1,6 @@
 //! Route table: which API a request path belongs to, whether it needs a token, and which
-//! methods it accepts. The first matching prefix wins; a path matching no route is refused.
+//! methods it accepts. The first matching prefix wins, matched on whole path segments; a path
+//! matching no route is refused.
 
 use serde::Deserialize;
 
@@ -36,6 +37,16 @@ pub struct Route {
 }
 
 impl Route {
+    /// Whether `path` is under this route's prefix, at a segment boundary: `/healthz` serves
+    /// `/healthz` and `/healthz/…` but not `/healthzz`, which would otherwise reach the
+    /// upstream under the prefix's (perhaps anonymous) rules as a different resource.
+    fn serves(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
     /// Speech routes carry text and cost characters; metadata routes do not.
     pub fn is_speech(&self) -> bool {
         self.api != Api::Metadata
@@ -112,7 +123,7 @@ impl RouteTable {
         }
         self.routes
             .iter()
-            .find(|r| path.starts_with(&r.prefix))
+            .find(|r| r.serves(path))
             .ok_or_else(|| Rejection::new(404, "unknown_route", "no route serves this path"))
     }
 }
@@ -173,6 +184,23 @@ mod tests {
         assert_eq!(t.find("/v1/audio/voices").unwrap().api, Api::Metadata);
         assert_eq!(t.find("/api/tts?text=hi%20there").unwrap().api, Api::CoquiTts);
         assert!(!t.find("/healthz").unwrap().auth);
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments_only() {
+        let t = table();
+        assert!(!t.find("/healthz").unwrap().auth);
+        assert!(!t.find("/healthz/live").unwrap().auth);
+        assert_eq!(t.find("/api/tts/").unwrap().api, Api::CoquiTts);
+        assert_eq!(t.find("/v1/audio/speech/").unwrap().api, Api::OpenAiSpeech);
+        // A prefix ending in `/` already ends a segment.
+        assert_eq!(t.find("/v1/models").unwrap().api, Api::Metadata);
+        // `/v1/audio/speechx` is not the speech route; it still falls under `/v1/`.
+        assert_eq!(t.find("/v1/audio/speechx").unwrap().api, Api::Metadata);
+        for path in ["/healthzz", "/healthz.json", "/healthz-admin", "/api/ttsx", "/api/tts2?text=hi"] {
+            let e = t.find(path).unwrap_err();
+            assert_eq!((e.status, e.code), (404, "unknown_route"), "{path}");
+        }
     }
 
     #[test]

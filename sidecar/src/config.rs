@@ -61,6 +61,12 @@ pub struct Config {
     #[arg(long, env = "VOXGATE_SIDECAR_MAX_INPUT_CHARS", default_value = "4096")]
     pub max_input_chars: NonZeroUsize,
 
+    /// Largest request body, in bytes; a larger one gets 413. Keep it at least the filter's
+    /// `text.max_body_bytes` (both default to 65536), so that no body the filter admitted, and
+    /// charged to its buckets, is refused here.
+    #[arg(long, env = "VOXGATE_SIDECAR_MAX_BODY_BYTES", default_value = "65536")]
+    pub max_body_bytes: NonZeroUsize,
+
     /// Silence inserted between sentences, in milliseconds.
     #[arg(long, env = "VOXGATE_SIDECAR_SENTENCE_GAP_MS", default_value_t = 120)]
     pub sentence_gap_ms: u32,
@@ -157,6 +163,15 @@ mod tests {
     }
 
     #[test]
+    fn the_body_limit_defaults_to_the_filters_and_can_be_raised() {
+        // The filter's `text.max_body_bytes` default (filter/src/validate/mod.rs): equal defaults
+        // keep the filter the only place that refuses a body for its size.
+        const FILTER_DEFAULT_MAX_BODY_BYTES: usize = 65_536;
+        assert_eq!(parse(&[]).max_body_bytes.get(), FILTER_DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(parse(&["--max-body-bytes", "1048576"]).max_body_bytes.get(), 1 << 20);
+    }
+
+    #[test]
     fn sessions_follow_workers_by_default() {
         let config = parse(&["--workers", "3", "--intra-op-threads", "1"]);
         assert_eq!(config.sessions_per_voice(), 3);
@@ -168,6 +183,7 @@ mod tests {
             "--workers",
             "--intra-op-threads",
             "--max-input-chars",
+            "--max-body-bytes",
             "--request-timeout-ms",
         ] {
             let result =

@@ -66,6 +66,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let limits = Limits {
         max_input_chars: config.max_input_chars.get(),
+        max_body_bytes: config.max_body_bytes.get(),
         request_timeout: config.request_timeout(),
         sentence_gap: config.sentence_gap(),
         retry_after_secs: config.retry_after_secs,

@@ -174,8 +174,11 @@ impl RateLimiter {
     /// given back. `chars` is the character count of the validated text (0 off speech routes).
     pub fn admit(&self, store: &dyn SharedStore, now_ms: u64, who: &Identity, chars: u64) -> Result<Verdict, StoreError> {
         let costs = [1, chars];
-        let first = self.first_target(who);
-        let global = self.global.as_ref().map(|scope| Target { scope, slot: scope.table.locate(""), plan: 0 });
+        let first = self.first_target(store, who)?;
+        let global = match &self.global {
+            Some(scope) => Some(Target { scope, slot: scope.table.locate(store, "")?, plan: 0 }),
+            None => None,
+        };
         let mut verdict = Verdict::allowed();
 
         for target in first.iter().chain(global.iter()) {
@@ -232,7 +235,7 @@ impl RateLimiter {
     /// Ends one in-flight request of `who`, admitted earlier with `in_flight_lease` set.
     /// Does nothing when `who`'s plan has no in-flight cap.
     pub fn release_in_flight(&self, store: &dyn SharedStore, who: &Identity) -> Result<(), StoreError> {
-        let Some(target) = self.first_target(who) else {
+        let Some(target) = self.first_target(store, who)? else {
             return Ok(());
         };
         if target.scope.policies[usize::from(target.plan)].max_in_flight.is_none() {
@@ -248,21 +251,22 @@ impl RateLimiter {
         Ok(())
     }
 
-    fn first_target(&self, who: &Identity) -> Option<Target<'_>> {
-        match who.subject {
+    fn first_target(&self, store: &dyn SharedStore, who: &Identity) -> Result<Option<Target<'_>>, StoreError> {
+        let target = match who.subject {
             Some(subject) => {
-                let scope = self.subjects.as_ref()?;
+                let Some(scope) = self.subjects.as_ref() else { return Ok(None) };
                 let plan = who
                     .plan
                     .and_then(|name| self.plan_names.iter().position(|p| p == name))
                     .map_or(self.default_plan, |index| index as u16);
-                Some(Target { scope, slot: scope.table.locate(subject), plan })
+                Target { scope, slot: scope.table.locate(store, subject)?, plan }
             }
             None => {
-                let scope = self.anonymous.as_ref()?;
-                Some(Target { scope, slot: scope.table.locate(&client_key(who.client_addr)), plan: 0 })
+                let Some(scope) = self.anonymous.as_ref() else { return Ok(None) };
+                Target { scope, slot: scope.table.locate(store, &client_key(who.client_addr))?, plan: 0 }
             }
-        }
+        };
+        Ok(Some(target))
     }
 
     /// Charges one record in a CAS loop. A refused request takes nothing, except that in

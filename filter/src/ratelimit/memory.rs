@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::secret::SECRET_KEY;
 use super::store::{SharedStore, StoreError};
+
+/// The slot-hash secret of `MemoryStore::with_fixed_secret`.
+const FIXED_SECRET: [u8; 16] = *b"voxgate-test-key";
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -33,6 +37,14 @@ impl Inner {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose deployment secret is already drawn, always the same one: which identities
+    /// share a slot is then the same on every run, as it is for one Envoy during its lifetime.
+    pub fn with_fixed_secret() -> Self {
+        let store = Self::default();
+        store.set(SECRET_KEY, &FIXED_SECRET, None).unwrap();
+        store
     }
 
     /// Starts the CAS counter so that the next write gets `next`.

@@ -2,7 +2,8 @@
 //!
 //! Exact under concurrency: every update is a read-modify-write with CAS, and the first write
 //! of a key uses a CAS that only creation can pass (see `store`). Bounded memory: each kind of
-//! bucket lives in a fixed table of slots (see `keys`), whatever the number of identities.
+//! bucket lives in a fixed table of slots (see `keys`), whatever the number of identities,
+//! addressed by a hash keyed with a per-deployment secret (see `secret`).
 //! Pure logic: the shared data and the clock are passed in.
 
 mod bucket;
@@ -14,6 +15,7 @@ mod limiter;
 #[cfg(test)]
 pub(crate) mod memory;
 mod record;
+mod secret;
 mod store;
 mod table;
 #[cfg(test)]

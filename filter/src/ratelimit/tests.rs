@@ -9,6 +9,7 @@ use std::thread;
 use super::keys::SlotTable;
 use super::memory::MemoryStore;
 use super::record::Record;
+use super::secret::SECRET_KEY;
 use super::*;
 
 fn limiter(json: &str) -> RateLimiter {
@@ -28,7 +29,7 @@ fn header<'a>(v: &'a Verdict, name: &str) -> Option<&'a str> {
 }
 
 fn subject_record(store: &MemoryStore, slots: u32, subject: &str) -> Record {
-    let slot = SlotTable::new("subject", slots).locate(subject);
+    let slot = SlotTable::new("subject", slots).locate(store, subject).unwrap();
     Record::decode(&store.raw(&slot.key).unwrap(), 2).unwrap()
 }
 
@@ -42,7 +43,7 @@ const FREE_PRO: &str = r#"{
 
 #[test]
 fn a_subject_gets_exactly_its_capacity_then_an_exact_retry_after() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     let t0 = 1_700_000_000_000;
     for i in 0..10 {
@@ -65,7 +66,7 @@ fn a_subject_gets_exactly_its_capacity_then_an_exact_retry_after() {
 
 #[test]
 fn characters_are_charged_exactly_and_oversized_texts_are_bad_requests() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     let who = user("carol", None);
     assert!(rl.admit(&store, 0, &who, 1_990).unwrap().allowed);
@@ -84,7 +85,7 @@ fn characters_are_charged_exactly_and_oversized_texts_are_bad_requests() {
 
 #[test]
 fn plan_claim_selects_the_plan_and_unknown_plans_get_the_default() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     assert_eq!(rl.plan_claim(), "plan");
     // each admitted request ends at once, so only the requests bucket binds
@@ -108,7 +109,7 @@ fn plan_claim_selects_the_plan_and_unknown_plans_get_the_default() {
 
 #[test]
 fn anonymous_requests_are_keyed_by_address_without_port() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"anonymous": {"requests": {"capacity": 3, "refill_per_second": 0}}}"#);
     for port in 1..=3 {
         assert!(rl.admit(&store, 0, &anonymous(&format!("203.0.113.5:{port}")), 0).unwrap().allowed);
@@ -135,7 +136,7 @@ fn nothing_configured_allows_everything_without_touching_the_store() {
 
 #[test]
 fn refusal_by_the_global_bucket_gives_back_the_subject_tokens() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"default_plan": "free", "slots": 64,
             "plans": {"free": {"requests": {"capacity": 10, "refill_per_second": 0},
@@ -155,7 +156,7 @@ fn refusal_by_the_global_bucket_gives_back_the_subject_tokens() {
 
 #[test]
 fn in_flight_cap_and_release() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     let who = user("frank", None);
     let first = rl.admit(&store, 0, &who, 0).unwrap();
@@ -177,7 +178,7 @@ fn in_flight_cap_and_release() {
 
 #[test]
 fn a_lease_never_released_expires() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(&FREE_PRO.replace("\"slots\": 1024", "\"slots\": 1024, \"in_flight_timeout_seconds\": 60"));
     let who = user("gina", None);
     assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed);
@@ -188,7 +189,7 @@ fn a_lease_never_released_expires() {
 
 #[test]
 fn shadow_mode_counts_but_never_refuses_and_takes_nothing_on_refusal() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"shadow": true, "default_plan": "free", "slots": 64,
             "plans": {"free": {"requests": {"capacity": 2, "refill_per_second": 0}, "max_in_flight": 1}},
@@ -212,14 +213,14 @@ fn shadow_mode_counts_but_never_refuses_and_takes_nothing_on_refusal() {
     let v = rl.admit(&store, 0, &who, 0).unwrap();
     assert_eq!(v.refused_by, Some("subject_requests"));
     // the global bucket was only charged for requests that passed the subject bucket
-    let global = SlotTable::new("global", 1).locate("");
+    let global = SlotTable::new("global", 1).locate(&store, "").unwrap();
     let global = Record::decode(&store.raw(&global.key).unwrap(), 2).unwrap();
     assert_eq!(global.buckets[0].tokens, 98_000_000);
 }
 
 #[test]
 fn shadow_mode_reports_texts_too_long_for_the_plan() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"shadow": true, "global": {"characters": {"capacity": 10, "refill_per_second": 1}}}"#);
     let v = rl.admit(&store, 0, &anonymous("192.0.2.9:1"), 11).unwrap();
     assert!(v.allowed && v.shadow_refused);
@@ -228,7 +229,7 @@ fn shadow_mode_reports_texts_too_long_for_the_plan() {
 
 #[test]
 fn draft03_headers_on_allowed_and_refused_answers() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     let who = user("ivy", None);
     let v = rl.admit(&store, 0, &who, 1_000).unwrap();
@@ -249,7 +250,7 @@ fn draft03_headers_on_allowed_and_refused_answers() {
 
 #[test]
 fn ietf_headers_list_every_applied_limit() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"headers": "ietf", "default_plan": "free", "slots": 64,
             "plans": {"free": {"requests": {"capacity": 10, "refill_per_second": 1}}},
@@ -263,9 +264,9 @@ fn ietf_headers_list_every_applied_limit() {
 
 #[test]
 fn unreadable_state_is_replaced_by_a_full_bucket_and_flagged() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
-    let slot = SlotTable::new("subject", 1024).locate("kate");
+    let slot = SlotTable::new("subject", 1024).locate(&store, "kate").unwrap();
     store.set(&slot.key, b"\x07not a record", None).unwrap();
     let v = rl.admit(&store, 0, &user("kate", None), 0).unwrap();
     assert!(v.allowed && v.state_reset);
@@ -275,7 +276,7 @@ fn unreadable_state_is_replaced_by_a_full_bucket_and_flagged() {
 
 #[test]
 fn a_clock_going_backwards_never_refills() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"global": {"requests": {"capacity": 2, "refill_per_second": 1}}}"#);
     let who = anonymous("192.0.2.1:1");
     assert!(rl.admit(&store, 10_000, &who, 0).unwrap().allowed);
@@ -285,24 +286,25 @@ fn a_clock_going_backwards_never_refills() {
     assert!(rl.admit(&store, 11_000, &who, 0).unwrap().allowed);
 }
 
-/// Subjects whose records share one slot of a 16-slot table.
-fn colliding_subjects() -> (String, String) {
+/// Subjects whose records share one slot of a 16-slot table under `store`'s secret.
+fn colliding_subjects(store: &MemoryStore) -> (String, String) {
     let table = SlotTable::new("subject", 16);
+    let key = |subject: &str| table.locate(store, subject).unwrap().key;
     let first = "collide-0".to_string();
-    let key = table.locate(&first).key;
-    let second = (1..).map(|i| format!("collide-{i}")).find(|s| table.locate(s).key == key).unwrap();
+    let second = (1..).map(|i| format!("collide-{i}")).find(|s| key(s) == key(&first)).unwrap();
     (first, second)
 }
 
 #[test]
 fn a_live_collision_shares_the_tighter_plan_and_an_idle_slot_is_taken_over() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"default_plan": "free", "slots": 16,
             "plans": {"free": {"requests": {"capacity": 3, "refill_per_second": 1}},
                       "pro":  {"requests": {"capacity": 50, "refill_per_second": 10}}}}"#,
     );
-    let (a, b) = colliding_subjects();
+    let (a, b) = colliding_subjects(&store);
+    let tag = |subject: &str| SlotTable::new("subject", 16).locate(&store, subject).unwrap().tag;
     assert!(rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed);
     // b (pro) arrives while a's bucket is not full: both draw from one record under free limits
     assert!(rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap().allowed);
@@ -311,18 +313,18 @@ fn a_live_collision_shares_the_tighter_plan_and_an_idle_slot_is_taken_over() {
     assert_eq!(v.refused_by, Some("subject_requests"));
     assert!(!rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed, "a shares the refusal");
     let record = subject_record(&store, 16, &a);
-    assert_eq!(record.tag, super::keys::identity_hash(&a), "the resident keeps the slot");
+    assert_eq!(record.tag, tag(&a), "the resident keeps the slot");
     // 3 s later a's bucket is full again and nothing is in flight: b takes the slot over
     let v = rl.admit(&store, 3_000, &user(&b, Some("pro")), 0).unwrap();
     assert!(v.allowed);
     assert_eq!(header(&v, "X-RateLimit-Remaining"), Some("49"));
-    assert_eq!(subject_record(&store, 16, &b).tag, super::keys::identity_hash(&b));
-    assert_eq!(store.key_count(), 1);
+    assert_eq!(subject_record(&store, 16, &b).tag, tag(&b));
+    assert_eq!(store.key_count(), 2, "one slot and the hash key");
 }
 
 #[test]
 fn a_million_subjects_never_use_more_keys_than_slots() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"default_plan": "free", "slots": 4096,
             "plans": {"free": {"requests": {"capacity": 5, "refill_per_second": 1}}},
@@ -337,10 +339,11 @@ fn a_million_subjects_never_use_more_keys_than_slots() {
         let addr = format!("10.{}.{}.{}:443", i >> 16, (i >> 8) & 255, i & 255);
         rl.admit(&store, 0, &anonymous(&addr), 0).unwrap();
     }
-    assert_eq!(store.key_count(), 4096 + 4096 + 1);
+    assert_eq!(store.key_count(), 4096 + 4096 + 1 + 1, "slots, the global record and the hash key");
 }
 
-/// A store that lets another logical worker run at a chosen point.
+/// A store that lets another logical worker run at a chosen point: after the first read of a
+/// bucket record.
 struct Interleaved<'a> {
     inner: &'a MemoryStore,
     after_first_get: RefCell<Option<Box<dyn FnOnce() + 'a>>>,
@@ -349,6 +352,9 @@ struct Interleaved<'a> {
 impl SharedStore for Interleaved<'_> {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let value = self.inner.get(key);
+        if key == SECRET_KEY {
+            return value;
+        }
         let hook = self.after_first_get.borrow_mut().take();
         if let Some(other_worker) = hook {
             other_worker();
@@ -363,7 +369,7 @@ impl SharedStore for Interleaved<'_> {
 
 #[test]
 fn two_workers_that_both_read_absent_are_both_counted() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"global": {"requests": {"capacity": 2, "refill_per_second": 0}}}"#);
     let who = anonymous("192.0.2.1:1");
     let worker_a = || {
@@ -382,24 +388,27 @@ fn two_workers_that_both_read_absent_are_both_counted() {
 #[test]
 fn a_write_that_ignores_the_creation_race_loses_an_update() {
     // What the CREATE_ONLY CAS prevents: with no CAS both first writes succeed.
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     assert!(store.get("k").unwrap().is_none());
     assert!(store.get("k").unwrap().is_none());
     store.set("k", b"A", None).unwrap();
     store.set("k", b"B", None).unwrap();
     assert_eq!(store.raw("k").unwrap(), b"B");
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     store.set("k", b"A", Some(CREATE_ONLY)).unwrap();
     assert_eq!(store.set("k", b"B", Some(CREATE_ONLY)), Err(StoreError::CasMismatch));
 }
 
-/// A store where every write loses to another worker.
+/// A store where every write of a bucket record loses to another worker.
 struct AlwaysConflicting {
     gets: RefCell<u32>,
 }
 
 impl SharedStore for AlwaysConflicting {
-    fn get(&self, _: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        if key == SECRET_KEY {
+            return Ok(Some((vec![0; 16], 1)));
+        }
         *self.gets.borrow_mut() += 1;
         Ok(None)
     }
@@ -436,7 +445,7 @@ impl SharedStore for FailingOn<'_> {
 
 #[test]
 fn a_store_error_on_the_global_record_gives_back_the_subject_charge() {
-    let store = MemoryStore::new();
+    let store = MemoryStore::with_fixed_secret();
     let rl = limiter(
         r#"{"default_plan": "free", "slots": 64,
             "plans": {"free": {"requests": {"capacity": 10, "refill_per_second": 0}, "max_in_flight": 3}},
@@ -487,7 +496,7 @@ fn exactly_capacity_requests_pass_under_eight_threads_for_many_fresh_keys() {
             "plans": {{"free": {{"requests": {{"capacity": {CAPACITY}, "refill_per_second": 0}}}}}},
             "global": {{"characters": {{"capacity": 1000000, "refill_per_second": 0}}}}}}"#
     )));
-    let store = Arc::new(Yielding(MemoryStore::new()));
+    let store = Arc::new(Yielding(MemoryStore::with_fixed_secret()));
     let mut total_allowed = 0;
     for round in 0..40 {
         let barrier = Arc::new(Barrier::new(THREADS));
@@ -507,7 +516,7 @@ fn exactly_capacity_requests_pass_under_eight_threads_for_many_fresh_keys() {
         assert_eq!(allowed, CAPACITY, "round {round}");
         total_allowed += allowed;
     }
-    let global = SlotTable::new("global", 1).locate("");
+    let global = SlotTable::new("global", 1).locate(&store.0, "").unwrap();
     let global = Record::decode(&store.0.raw(&global.key).unwrap(), 2).unwrap();
     let charged = 1_000_000 - global.buckets[1].tokens / 1_000_000;
     assert_eq!(charged as usize, total_allowed * 3, "refused requests were given back exactly");
@@ -517,7 +526,7 @@ fn exactly_capacity_requests_pass_under_eight_threads_for_many_fresh_keys() {
 fn a_character_bucket_admits_exactly_its_capacity_under_threads() {
     const THREADS: usize = 8;
     let rl = Arc::new(limiter(r#"{"global": {"characters": {"capacity": 1000, "refill_per_second": 0}}}"#));
-    let store = Arc::new(Yielding(MemoryStore::new()));
+    let store = Arc::new(Yielding(MemoryStore::with_fixed_secret()));
     let barrier = Arc::new(Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -531,7 +540,7 @@ fn a_character_bucket_admits_exactly_its_capacity_under_threads() {
         .collect();
     let allowed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(allowed, 1000 / 7);
-    let global = SlotTable::new("global", 1).locate("");
+    let global = SlotTable::new("global", 1).locate(&store.0, "").unwrap();
     let global = Record::decode(&store.0.raw(&global.key).unwrap(), 2).unwrap();
     assert_eq!(global.buckets[1].tokens, (1000 - 7 * 142) * 1_000_000, "exactly 142 × 7 characters taken");
 }

@@ -118,7 +118,7 @@ async fn read_params(
     body: Body,
 ) -> Result<CoquiParams, ApiError> {
     let limits = state.limits();
-    let body = extract::read_body(body, limits.body_limit()).await?;
+    let body = extract::read_body(body, limits.max_body_bytes).await?;
     let from_body = match extract::body_kind(headers, &body) {
         BodyKind::Json => CoquiParams::from_json(&extract::json_object(&body)?)?,
         BodyKind::Form => CoquiParams::from_pairs(extract::form_pairs(&body)?),

@@ -74,7 +74,7 @@ async fn read_fields(
     body: Body,
 ) -> Result<SpeechFields, ApiError> {
     let limits = state.limits();
-    let body = extract::read_body(body, limits.body_limit()).await?;
+    let body = extract::read_body(body, limits.max_body_bytes).await?;
     if extract::body_kind(headers, &body) != BodyKind::Json {
         return Err(ApiError::unsupported_media_type(
             "the body must be JSON with Content-Type: application/json",

@@ -15,17 +15,11 @@ use crate::voice::{Voice, VoiceCatalog};
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_input_chars: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
     pub request_timeout: Duration,
     pub sentence_gap: Duration,
     pub retry_after_secs: u64,
-}
-
-impl Limits {
-    /// Largest body accepted: room for the longest input even if every character arrives as
-    /// a JSON `\uXXXX\uXXXX` escape, plus the other fields.
-    pub fn body_limit(&self) -> usize {
-        self.max_input_chars.saturating_mul(12).saturating_add(4096)
-    }
 }
 
 /// The catalog and the voice used when a request names none.
