@@ -268,6 +268,11 @@ fn build_session(
         // sessions of the pool are running on.
         .with_intra_op_spinning(settings.sessions <= 1)
         .map_err(model_error)?
+        // Memory patterns are planned and cached per input shape; every text has its own
+        // length, so they only pile up in the arena (measured with two Joe sessions after
+        // 40 sentences: 600 MB peak with them, 420 MB without, at the same speed).
+        .with_memory_pattern(false)
+        .map_err(model_error)?
         .commit_from_file(model)
         .map_err(|e| InferenceError::Model(e.to_string()))
 }
