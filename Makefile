@@ -11,13 +11,15 @@ PYTHON := $(DEPS)/venv/bin/python
 WASM := target/wasm32-wasip1/wasm/voxgate_filter.wasm
 SIDECAR := target/release/voxgate-sidecar
 
-.PHONY: help setup build test run stop token clean
+.PHONY: help setup build test run stop token bench fuzz fuzz-ci clean
 
 help:
 	@echo "make run    build and start the sidecar and Envoy, print a working curl"
 	@echo "make stop   stop what make run started"
 	@echo "make test   unit, component and end-to-end tests"
 	@echo "make token  print a dev JWT (SUB=, EXP=, NBF=, AUD=, ISS=, SCOPE=, ALG=, PLAN=, KID=)"
+	@echo "make bench  benchmarks into bench-results/ (BENCH=synthesis,throughput,... to pick; QUICK=1 to try)"
+	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) each; make fuzz-ci: 10 s each"
 
 setup:
 	@tools/setup.sh
@@ -29,6 +31,15 @@ build: setup
 test: build
 	cargo test --release --workspace
 	$(PYTHON) -m pytest -q tests
+
+# Fuzzing needs the nightly toolchain; fuzz/run.sh installs cargo-fuzz when missing.
+FUZZ_SECONDS ?= 60
+
+fuzz: setup
+	@fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-ci: setup
+	@fuzz/run.sh 10
 
 run: build
 	@$(PYTHON) -m tools.voxgate_run start
@@ -45,6 +56,11 @@ token:
 	  $(call token_option,NBF,nbf) $(call token_option,AUD,aud) $(call token_option,ISS,iss) \
 	  $(call token_option,SCOPE,scope) $(call token_option,ALG,alg) $(call token_option,PLAN,plan) \
 	  $(call token_option,KID,kid)
+
+bench: build
+	@bench/setup.sh
+	cargo build --release -p voxgate-sidecar --example rtf_floor
+	$(PYTHON) -m bench $(if $(BENCH),--only '$(BENCH)') $(if $(QUICK),--quick)
 
 clean:
 	cargo clean

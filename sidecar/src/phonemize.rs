@@ -1,8 +1,11 @@
 //! Text → IPA phonemes through libespeak-ng, safe to call from many threads.
 //!
 //! espeak-ng keeps global state (the selected voice, a static output buffer and a
-//! character it has read ahead), so every call runs under one process-wide lock and
-//! consumes its whole text before releasing it.
+//! character it has read ahead), so every call runs under one process-wide lock,
+//! consumes its whole text before releasing it, and starts from a clean state: a
+//! character read ahead at the end of the previous text is dropped, and the voice is
+//! selected again when a canary phrase no longer sounds as it did (a character of another
+//! script can leave another language's phonemes on for every later text).
 //!
 //! Stock espeak-ng 1.51 returns each clause's phonemes without the punctuation that
 //! ended the clause (Piper's patched espeak reports it). The punctuation carries
@@ -35,6 +38,7 @@ pub fn phonemize(text: &str, voice: &str) -> Result<String, PhonemizeError> {
     let mut espeak = espeak
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    espeak.drop_read_ahead();
     espeak.select_voice(voice)?;
     let clauses = espeak.clauses(text);
     Ok(join_clauses(&clauses))
@@ -138,8 +142,13 @@ extern "C" {
     ) -> *const c_char;
 }
 
+/// Phrase whose phonemes tell whether espeak still reads with the selected voice's rules.
+const CANARY: &CStr = c"hello world this is a test";
+
+/// The initialized library; holding its lock is holding espeak.
 struct Espeak {
-    voice: Option<String>,
+    /// The voice selected last, and the phonemes of `CANARY` right after selecting it.
+    selected: Option<(String, String)>,
 }
 
 fn espeak() -> Result<&'static Mutex<Espeak>, PhonemizeError> {
@@ -156,27 +165,58 @@ fn espeak() -> Result<&'static Mutex<Espeak>, PhonemizeError> {
                     ESPEAK_INITIALIZE_DONT_EXIT,
                 )
             };
-            (sample_rate > 0).then(|| Mutex::new(Espeak { voice: None }))
+            (sample_rate > 0).then(|| Mutex::new(Espeak { selected: None }))
         })
         .as_ref()
         .ok_or(PhonemizeError::Unavailable)
 }
 
 impl Espeak {
+    /// Selects `voice` unless it is selected and still in effect. espeak switches language
+    /// by itself for characters of other scripts and does not always switch back (after
+    /// U+13AF "hello" read as "hˈʌlʌ" for good), while selecting a voice leaks about 1 KB
+    /// in espeak-ng 1.51, so the voice is selected again only when the canary changed.
     fn select_voice(&mut self, voice: &str) -> Result<(), PhonemizeError> {
-        if self.voice.as_deref() == Some(voice) {
-            return Ok(());
+        if let Some((selected, canary)) = self.selected.take() {
+            if selected == voice && self.phonemes_of(CANARY) == canary {
+                self.selected = Some((selected, canary));
+                return Ok(());
+            }
         }
         let name =
             CString::new(voice).map_err(|_| PhonemizeError::UnknownVoice(voice.to_string()))?;
         // SAFETY: espeak is initialized and the caller holds the lock.
         let status = unsafe { espeak_SetVoiceByName(name.as_ptr()) };
         if status != EE_OK {
-            self.voice = None;
             return Err(PhonemizeError::UnknownVoice(voice.to_string()));
         }
-        self.voice = Some(voice.to_string());
+        self.phonemes_of(c"");
+        self.selected = Some((voice.to_string(), self.phonemes_of(CANARY)));
         Ok(())
+    }
+
+    /// The phonemes of a one-clause text, without punctuation recovery.
+    fn phonemes_of(&mut self, text: &CStr) -> String {
+        let mut cursor: *const c_void = text.as_ptr().cast();
+        // SAFETY: espeak is initialized with a voice selected (callers check), the caller
+        // holds the lock, and `cursor` points to a NUL-terminated string that outlives the
+        // call; the result is copied at once.
+        let phonemes = unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, PHONEME_MODE_IPA) };
+        if phonemes.is_null() {
+            return String::new();
+        }
+        // SAFETY: a NUL-terminated string in espeak's buffer, valid until the next call.
+        unsafe { CStr::from_ptr(phonemes) }.to_string_lossy().into_owned()
+    }
+
+    /// Makes espeak drop a character it read ahead at the end of the previous text, which
+    /// it would otherwise read as the first character of the next one (after "I.." the
+    /// next text started with "dot"). Before any voice is selected there is nothing to drop,
+    /// and espeak must not be called.
+    fn drop_read_ahead(&mut self) {
+        if self.selected.is_some() {
+            self.phonemes_of(c"");
+        }
     }
 
     /// Runs espeak over the whole text, one clause per call.
@@ -185,7 +225,7 @@ impl Espeak {
     /// character that espeak read ahead and keeps internally for the next call, so
     /// the clause's own input ends one character before the returned pointer.
     fn clauses(&mut self, text: &str) -> Vec<Clause> {
-        let input = CString::new(text.replace('\0', " ")).unwrap_or_default();
+        let input = CString::new(without_control_characters(text)).unwrap_or_default();
         let bytes = input.as_bytes();
         let base = input.as_ptr() as usize;
         let mut cursor: *const c_void = input.as_ptr().cast();
@@ -225,6 +265,22 @@ impl Espeak {
         }
         clauses
     }
+}
+
+/// `text` with every control character but tab and line breaks replaced by as many spaces as
+/// it has UTF-8 bytes, so that byte offsets into the result are offsets into `text`. espeak
+/// reads NUL as the end of the text and U+0001 as the start of an embedded command, which
+/// sends it past the end of its buffers when no valid command follows.
+fn without_control_characters(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+            out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Byte offset where the character ending at `end` starts (espeak's read-ahead).
@@ -315,6 +371,31 @@ mod tests {
             Err(PhonemizeError::UnknownVoice(_))
         ));
         assert_eq!(phonemize("hi", "en-us").unwrap(), "hˈaɪ");
+    }
+
+    #[test]
+    fn control_characters_are_read_as_spaces() {
+        // Found by fuzzing: espeak-ng takes U+0001 for the start of an embedded command and
+        // read past its buffers on "\u{1}B" (a crash, a hang, or phonemes made of memory).
+        for (text, spaced) in [
+            ("\u{1}B", " B"),
+            ("a\u{1}50S b", "a 50S b"),
+            ("x\u{1b}[1m y\u{85}z\u{7f}", "x [1m y  z "),
+        ] {
+            assert_eq!(phonemize(text, "en-us").unwrap(), phonemize(spaced, "en-us").unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_carries_over_from_one_text_to_the_next() {
+        // Found by fuzzing: espeak kept the character it had read ahead at the end of "I.."
+        // and spoke it ("dot") at the start of the next text, and a character it read with
+        // another language's rules (Cherokee U+13AF) left that language on for the next text.
+        let clean = phonemize("Hello world.", "en-us").unwrap();
+        for previous in ["I..", "3..", "\u{13AF} This"] {
+            phonemize(previous, "en-us").unwrap();
+            assert_eq!(phonemize("Hello world.", "en-us").unwrap(), clean, "after {previous:?}");
+        }
     }
 
     #[test]
