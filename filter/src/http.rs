@@ -552,17 +552,7 @@ mod tests {
         for (name, value) in claims.as_object().unwrap() {
             all[name] = value.clone();
         }
-        let claims = JWTClaims {
-            issued_at: None,
-            expires_at: None,
-            invalid_before: None,
-            issuer: None,
-            subject: None,
-            audiences: None,
-            jwt_id: None,
-            nonce: None,
-            custom: all.as_object().unwrap().clone(),
-        };
+        let claims = crate::auth::test_keys::raw_claims(&all);
         HS256Key::from_bytes(SECRET)
             .with_key_id("k1")
             .authenticate(claims)

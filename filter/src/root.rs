@@ -300,17 +300,7 @@ mod tests {
 
     fn token(key: &ES256KeyPair, kid: &str) -> String {
         let custom = json!({"iss": ISSUER, "sub": "alice", "aud": "voxgate", "iat": NOW, "exp": NOW + 600});
-        let claims = JWTClaims {
-            issued_at: None,
-            expires_at: None,
-            invalid_before: None,
-            issuer: None,
-            subject: None,
-            audiences: None,
-            jwt_id: None,
-            nonce: None,
-            custom: custom.as_object().unwrap().clone(),
-        };
+        let claims = crate::auth::test_keys::raw_claims(&custom);
         ES256KeyPair::from_bytes(&key.to_bytes())
             .unwrap()
             .with_key_id(kid)

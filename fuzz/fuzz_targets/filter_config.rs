@@ -55,7 +55,7 @@ fn serve_one_request(compiled: &CompiledConfig) {
     let body = br#"{"model": "tts-1", "input": "Hello world.", "voice": "alloy", "speed": 1.0}"#;
     let _ = compiled.text.validate_body(Api::OpenAiSpeech, Some("application/json"), body);
     let _ = compiled.text.validate_query(Api::CoquiTts, "text=Hello+world");
-    let store = FuzzStore::new();
+    let store = FuzzStore::with_fixed_secret();
     let who = Identity { subject: Some("alice"), plan: Some("pro"), client_addr: "203.0.113.9:4711" };
     for now_ms in [0, 1_800_000_000_000, u64::MAX] {
         let _ = compiled.rate_limits.admit(&store, now_ms, &who, 12);

@@ -209,7 +209,7 @@ fn rate_limits(l: Limits) {
         headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off][usize::from(l.headers % 3)],
         in_flight_timeout_seconds: l.in_flight_timeout_seconds.value(),
     };
-    let store = FuzzStore::new();
+    let store = FuzzStore::with_fixed_secret();
     let now_ms = l.now_ms.value();
     if let Ok(table) = BucketTable::new("failed_auth", &l.failed_auth.config(), slots, "auth.failed_auth") {
         for _ in 0..3 {

@@ -107,7 +107,7 @@ struct Tally {
 
 fuzz_target!(|input: Input| {
     let Some((limiter, table, bounds)) = build(&input.config) else { return };
-    let store = FuzzStore::new();
+    let store = FuzzStore::with_fixed_secret();
     let mut now_ms = input.start_ms;
     let mut tally = Tally::default();
     for op in input.ops.iter().take(64) {

@@ -20,9 +20,17 @@ pub struct FuzzStore {
     lost_writes_left: Cell<u32>,
 }
 
+/// Where the rate limiter keeps its slot-hash secret (`ratelimit::secret`).
+const HASH_SECRET_KEY: &str = "vg:rl:hash_key";
+
 impl FuzzStore {
-    pub fn new() -> Self {
-        Self::default()
+    /// A store that already holds a fixed slot-hash secret, as if another VM had created it.
+    /// A fresh secret is random, and slot collisions, so whole runs, would not reproduce.
+    pub fn with_fixed_secret() -> Self {
+        let store = Self::default();
+        let cas = store.next_cas();
+        store.entries.borrow_mut().insert(HASH_SECRET_KEY.to_string(), (b"fuzzing, fixed!!".to_vec(), cas));
+        store
     }
 
     fn next_cas(&self) -> u32 {

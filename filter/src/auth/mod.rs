@@ -21,7 +21,7 @@ mod token;
 mod verify;
 
 #[cfg(test)]
-mod test_keys;
+pub(crate) mod test_keys;
 #[cfg(test)]
 mod tests;
 
