@@ -13,8 +13,8 @@
 
 use std::sync::OnceLock;
 
-use libfuzzer_sys::fuzz_target;
 use axum::http::{header, HeaderMap, HeaderValue};
+use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use voxgate_filter::validate::{Api, SpeechRequest, TextRules, TextValidator};
 use voxgate_fuzz::oracle;
@@ -53,7 +53,9 @@ fn validators() -> &'static [TextValidator; 2] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let api = APIS[usize::from(selector % 3)];
     let mut content_type = CONTENT_TYPES[usize::from(selector / 3 % 8)];
     let strict = selector / 24 % 2 == 0;
@@ -89,7 +91,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         match validator.validate_body(api, content_type, body) {
             Ok(request) if api == Api::Metadata => assert_eq!(request.chars, 0),
-            Ok(request) => check_accepted(strict, api, &request, sidecar_view(api, content_type, body)),
+            Ok(request) => {
+                check_accepted(strict, api, &request, sidecar_view(api, content_type, body))
+            }
             Err(rejection) => oracle::check_rejection(&rejection, &[400, 413, 415], &[]),
         }
     }
@@ -102,8 +106,16 @@ struct SidecarView {
 }
 
 fn from_pairs(pairs: &[(String, String)]) -> SidecarView {
-    let first = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    SidecarView { text: first("text"), voice: first("voice") }
+    let first = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    SidecarView {
+        text: first("text"),
+        voice: first("voice"),
+    }
 }
 
 fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<SidecarView> {
@@ -111,7 +123,11 @@ fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<Sid
     if let Some(value) = content_type {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).ok()?);
     }
-    let field = if api == Api::OpenAiSpeech { "input" } else { "text" };
+    let field = if api == Api::OpenAiSpeech {
+        "input"
+    } else {
+        "text"
+    };
     match extract::body_kind(&headers, body) {
         BodyKind::Json => {
             let map = extract::json_object(body).ok()?;
@@ -119,7 +135,9 @@ fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<Sid
             let voice = extract::json_str(&map, "voice").ok()?.map(str::to_string);
             Some(SidecarView { text, voice })
         }
-        BodyKind::Form if api == Api::CoquiTts => Some(from_pairs(&extract::form_pairs(body).ok()?)),
+        BodyKind::Form if api == Api::CoquiTts => {
+            Some(from_pairs(&extract::form_pairs(body).ok()?))
+        }
         _ => None,
     }
 }
@@ -127,21 +145,46 @@ fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<Sid
 fn check_accepted(strict: bool, api: Api, request: &SpeechRequest, sidecar: Option<SidecarView>) {
     assert_ne!(api, Api::Metadata);
     let limit = if strict { MAX_CHARS } else { 4096 };
-    assert!(request.chars >= 1 && request.chars <= limit as u64, "accepted a text of {} characters", request.chars);
+    assert!(
+        request.chars >= 1 && request.chars <= limit as u64,
+        "accepted a text of {} characters",
+        request.chars
+    );
     if strict {
         if let Some(voice) = &request.voice {
-            assert!(VOICES.contains(&voice.as_str()), "accepted an unconfigured voice");
+            assert!(
+                VOICES.contains(&voice.as_str()),
+                "accepted an unconfigured voice"
+            );
         }
     }
-    let Some(SidecarView { text: Some(text), voice }) = sidecar else { return };
-    assert_eq!(text.chars().count() as u64, request.chars, "the sidecar would read another text than the filter judged");
-    assert_eq!(voice, request.voice, "the sidecar would read another voice than the filter judged");
+    let Some(SidecarView {
+        text: Some(text),
+        voice,
+    }) = sidecar
+    else {
+        return;
+    };
+    assert_eq!(
+        text.chars().count() as u64,
+        request.chars,
+        "the sidecar would read another text than the filter judged"
+    );
+    assert_eq!(
+        voice, request.voice,
+        "the sidecar would read another voice than the filter judged"
+    );
     assert!(!text.contains('\0'), "accepted a text with NUL");
     if strict {
         assert!(
-            !text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
+            !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
             "accepted a control character under strict rules"
         );
-        assert!(!text.to_ascii_lowercase().contains("forbidden phrase"), "accepted a text matching a deny pattern");
+        assert!(
+            !text.to_ascii_lowercase().contains("forbidden phrase"),
+            "accepted a text matching a deny pattern"
+        );
     }
 }

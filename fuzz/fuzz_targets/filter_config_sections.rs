@@ -74,7 +74,9 @@ impl Count {
                 2 => 16 << 20,
                 3 => 1_000_000,
                 4 => 86_400,
-                _ => (1u64 << (n % 64)).wrapping_add(u64::from(n % 3)).wrapping_sub(1),
+                _ => (1u64 << (n % 64))
+                    .wrapping_add(u64::from(n % 3))
+                    .wrapping_sub(1),
             },
             Count::Any(n) => n,
             Count::Max => u64::MAX,
@@ -90,7 +92,10 @@ struct Bucket {
 
 impl Bucket {
     fn config(self) -> BucketConfig {
-        BucketConfig { capacity: self.capacity.value(), refill_per_second: self.refill.value() }
+        BucketConfig {
+            capacity: self.capacity.value(),
+            refill_per_second: self.refill.value(),
+        }
     }
 }
 
@@ -170,7 +175,9 @@ fn text_rules(t: Text) {
         min_speed: t.min_speed.value(),
         max_speed: t.max_speed.value(),
     };
-    let Ok(validator) = rules.compile() else { return };
+    let Ok(validator) = rules.compile() else {
+        return;
+    };
     let body = json!({"input": t.sample, "speed": 1.0}).to_string();
     let _ = validator.validate_body(Api::OpenAiSpeech, Some("application/json"), body.as_bytes());
     let body = json!({"text": t.sample}).to_string();
@@ -206,22 +213,34 @@ fn rate_limits(l: Limits) {
         plans,
         anonymous: scope(l.anonymous),
         global: scope(l.global),
-        headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off][usize::from(l.headers % 3)],
+        headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off]
+            [usize::from(l.headers % 3)],
         in_flight_timeout_seconds: l.in_flight_timeout_seconds.value(),
     };
     let store = FuzzStore::with_fixed_secret();
     let now_ms = l.now_ms.value();
-    if let Ok(table) = BucketTable::new("failed_auth", &l.failed_auth.config(), slots, "auth.failed_auth") {
+    if let Ok(table) = BucketTable::new(
+        "failed_auth",
+        &l.failed_auth.config(),
+        slots,
+        "auth.failed_auth",
+    ) {
         for _ in 0..3 {
             let _ = table.take(&store, now_ms, "203.0.113.9", 1);
         }
         let _ = table.peek(&store, now_ms, "203.0.113.9");
     }
-    let Ok(limiter) = config.compile() else { return };
+    let Ok(limiter) = config.compile() else {
+        return;
+    };
     let chars = l.chars.value();
     for plan in plan_names.iter().map(String::as_str).chain(["", "unknown"]) {
         for subject in [Some("alice"), None] {
-            let who = Identity { subject, plan: Some(plan), client_addr: "[2001:db8::1]:443" };
+            let who = Identity {
+                subject,
+                plan: Some(plan),
+                client_addr: "[2001:db8::1]:443",
+            };
             for now in [now_ms, now_ms.saturating_add(1), now_ms.wrapping_sub(1)] {
                 if let Ok(verdict) = limiter.admit(&store, now, &who, chars) {
                     assert_eq!(verdict.allowed, verdict.rejection.is_none(), "{verdict:?}");
@@ -239,14 +258,19 @@ fn auth(a: Auth) {
         .providers
         .into_iter()
         .map(|p| {
-            let jwks = p.key.map(|k| json!({"keys": [{"kty": "oct", "k": jwt::b64(&k)}]}));
-            let remote_jwks = p.remote.map(|(cluster, authority, path, refresh, timeout)| RemoteJwksConfig {
-                cluster,
-                authority,
-                path,
-                refresh_seconds: refresh.value(),
-                timeout_ms: timeout.value(),
-            });
+            let jwks = p
+                .key
+                .map(|k| json!({"keys": [{"kty": "oct", "k": jwt::b64(&k)}]}));
+            let remote_jwks =
+                p.remote.map(
+                    |(cluster, authority, path, refresh, timeout)| RemoteJwksConfig {
+                        cluster,
+                        authority,
+                        path,
+                        refresh_seconds: refresh.value(),
+                        timeout_ms: timeout.value(),
+                    },
+                );
             ProviderConfig {
                 name: p.name,
                 issuer: p.issuer,
@@ -271,9 +295,15 @@ fn auth(a: Auth) {
             refill_per_second: rate.value(),
         }),
     };
-    let Ok(authenticator) = config.compile() else { return };
+    let Ok(authenticator) = config.compile() else {
+        return;
+    };
     let _ = authenticator.remote_jwks();
     let _ = authenticator.due_jwks_fetches(jwt::NOW_S);
-    let token = jwt::sign_hs256(br#"{"alg":"HS256"}"#, br#"{"sub":"alice","exp":1800000600}"#, jwt::DEV_SECRET);
+    let token = jwt::sign_hs256(
+        br#"{"alg":"HS256"}"#,
+        br#"{"sub":"alice","exp":1800000600}"#,
+        jwt::DEV_SECRET,
+    );
     let _ = authenticator.verify(&token, jwt::NOW_S);
 }

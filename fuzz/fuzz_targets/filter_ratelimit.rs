@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use voxgate_filter::ratelimit::{
-    client_key, BucketConfig, BucketTable, HeaderStyle, Identity, PlanConfig, RateLimitConfig, RateLimiter,
-    ScopeConfig, StoreError,
+    client_key, BucketConfig, BucketTable, HeaderStyle, Identity, PlanConfig, RateLimitConfig,
+    RateLimiter, ScopeConfig, StoreError,
 };
 use voxgate_fuzz::oracle;
 use voxgate_fuzz::store::FuzzStore;
@@ -48,7 +48,10 @@ struct Bucket {
 
 impl Bucket {
     fn config(self) -> BucketConfig {
-        BucketConfig { capacity: u64::from(self.capacity).max(1), refill_per_second: f64::from(self.refill_milli) / 1000.0 }
+        BucketConfig {
+            capacity: u64::from(self.capacity).max(1),
+            refill_per_second: f64::from(self.refill_milli) / 1000.0,
+        }
     }
     fn never_refills(self) -> bool {
         self.refill_milli == 0
@@ -77,15 +80,40 @@ struct Config {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Admit { subject: Option<u8>, address: u8, chars: u16 },
-    Release { subject: Option<u8>, address: u8 },
-    FailedAuth { address: u8, cost: u8 },
-    PeekFailedAuth { address: u8 },
-    Advance { ms: u32 },
-    GoBack { ms: u16 },
-    LoseWrites { count: u8 },
-    Tamper { key: u8, offset: u8, word: u64 },
-    Replace { key: u8, bytes: Vec<u8> },
+    Admit {
+        subject: Option<u8>,
+        address: u8,
+        chars: u16,
+    },
+    Release {
+        subject: Option<u8>,
+        address: u8,
+    },
+    FailedAuth {
+        address: u8,
+        cost: u8,
+    },
+    PeekFailedAuth {
+        address: u8,
+    },
+    Advance {
+        ms: u32,
+    },
+    GoBack {
+        ms: u16,
+    },
+    LoseWrites {
+        count: u8,
+    },
+    Tamper {
+        key: u8,
+        offset: u8,
+        word: u64,
+    },
+    Replace {
+        key: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -106,24 +134,40 @@ struct Tally {
 }
 
 fuzz_target!(|input: Input| {
-    let Some((limiter, table, bounds)) = build(&input.config) else { return };
+    let Some((limiter, table, bounds)) = build(&input.config) else {
+        return;
+    };
     let store = FuzzStore::with_fixed_secret();
     let mut now_ms = input.start_ms;
     let mut tally = Tally::default();
     for op in input.ops.iter().take(64) {
         store.begin_call();
         match op {
-            Op::Admit { subject, address, chars } => {
+            Op::Admit {
+                subject,
+                address,
+                chars,
+            } => {
                 let (who, subject_index) = identity(*subject, *address);
                 match limiter.admit(&store, now_ms, &who, u64::from(*chars)) {
                     Ok(verdict) => {
-                        assert!(!verdict.state_reset || store.call_read_tampered(), "a record the limiter wrote did not decode");
+                        assert!(
+                            !verdict.state_reset || store.call_read_tampered(),
+                            "a record the limiter wrote did not decode"
+                        );
                         assert_eq!(verdict.allowed, verdict.rejection.is_none(), "{verdict:?}");
                         if let Some(rejection) = &verdict.rejection {
                             oracle::check_rejection(rejection, &[400, 429], &[]);
                             if rejection.status == 429 {
-                                let retry = rejection.headers.iter().find(|(n, _)| n == "Retry-After").map(|(_, v)| v);
-                                let seconds: u64 = retry.expect("a 429 carries Retry-After").parse().expect("whole seconds");
+                                let retry = rejection
+                                    .headers
+                                    .iter()
+                                    .find(|(n, _)| n == "Retry-After")
+                                    .map(|(_, v)| v);
+                                let seconds: u64 = retry
+                                    .expect("a 429 carries Retry-After")
+                                    .parse()
+                                    .expect("whole seconds");
                                 assert!(seconds >= 1);
                             } else {
                                 assert_eq!(rejection.code, "text_exceeds_plan");
@@ -132,13 +176,20 @@ fuzz_target!(|input: Input| {
                         if verdict.allowed && !verdict.shadow_refused {
                             match subject_index {
                                 Some(s) => *tally.subject_admits.entry(s).or_default() += 1,
-                                None => *tally.anonymous_admits.entry(client_key(who.client_addr)).or_default() += 1,
+                                None => {
+                                    *tally
+                                        .anonymous_admits
+                                        .entry(client_key(who.client_addr))
+                                        .or_default() += 1
+                                }
                             }
                             tally.global_admits += 1;
                         }
                     }
                     Err(StoreError::CasMismatch) => {}
-                    Err(StoreError::Other(message)) => panic!("the fuzz store never fails otherwise: {message}"),
+                    Err(StoreError::Other(message)) => {
+                        panic!("the fuzz store never fails otherwise: {message}")
+                    }
                 }
             }
             Op::Release { subject, address } => {
@@ -149,10 +200,14 @@ fuzz_target!(|input: Input| {
                 let key = client_key(address_of(*address));
                 match table.take(&store, now_ms, &key, u64::from(*cost % 4)) {
                     Ok(take) => {
-                        assert!(!take.state_reset || store.call_read_tampered(), "a bucket the table wrote did not decode");
+                        assert!(
+                            !take.state_reset || store.call_read_tampered(),
+                            "a bucket the table wrote did not decode"
+                        );
                         assert_eq!(take.allowed, take.retry_after_s == 0, "{take:?}");
                         if take.allowed && *cost % 4 > 0 {
-                            *tally.failed_auth_takes.entry(key).or_default() += u64::from(*cost % 4);
+                            *tally.failed_auth_takes.entry(key).or_default() +=
+                                u64::from(*cost % 4);
                         }
                     }
                     Err(_) => {}
@@ -161,7 +216,10 @@ fuzz_target!(|input: Input| {
             Op::PeekFailedAuth { address } => {
                 let key = client_key(address_of(*address));
                 if let Ok(take) = table.peek(&store, now_ms, &key) {
-                    assert!(!take.state_reset || store.call_read_tampered(), "a bucket the table wrote did not decode");
+                    assert!(
+                        !take.state_reset || store.call_read_tampered(),
+                        "a bucket the table wrote did not decode"
+                    );
                 }
             }
             Op::Advance { ms } => now_ms = now_ms.saturating_add(u64::from(*ms)),
@@ -182,7 +240,11 @@ fuzz_target!(|input: Input| {
     }
     for address in ADDRESSES {
         let key = client_key(address);
-        assert_eq!(client_key(&key), key, "client_key is not idempotent for {address:?}");
+        assert_eq!(
+            client_key(&key),
+            key,
+            "client_key is not idempotent for {address:?}"
+        );
     }
 });
 
@@ -198,20 +260,33 @@ impl Bounds {
     fn check(&self, tally: &Tally) {
         if let Some(cap) = self.subject_requests {
             for (subject, admitted) in &tally.subject_admits {
-                assert!(*admitted <= cap, "subject {subject} admitted {admitted} times, capacity {cap}");
+                assert!(
+                    *admitted <= cap,
+                    "subject {subject} admitted {admitted} times, capacity {cap}"
+                );
             }
         }
         if let Some(cap) = self.anonymous_requests {
             for (key, admitted) in &tally.anonymous_admits {
-                assert!(*admitted <= cap, "address {key} admitted {admitted} times, capacity {cap}");
+                assert!(
+                    *admitted <= cap,
+                    "address {key} admitted {admitted} times, capacity {cap}"
+                );
             }
         }
         if let Some(cap) = self.global_requests {
-            assert!(tally.global_admits <= cap, "admitted {} requests globally, capacity {cap}", tally.global_admits);
+            assert!(
+                tally.global_admits <= cap,
+                "admitted {} requests globally, capacity {cap}",
+                tally.global_admits
+            );
         }
         if let Some(cap) = self.failed_auth {
             for (key, taken) in &tally.failed_auth_takes {
-                assert!(*taken <= cap, "address {key} took {taken} failed-auth tokens, capacity {cap}");
+                assert!(
+                    *taken <= cap,
+                    "address {key} took {taken} failed-auth tokens, capacity {cap}"
+                );
             }
         }
     }
@@ -251,7 +326,10 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
             ))
         })
         .collect();
-    let default_plan = plans.keys().nth(usize::from(c.default_plan) % plans.len().max(1)).cloned();
+    let default_plan = plans
+        .keys()
+        .nth(usize::from(c.default_plan) % plans.len().max(1))
+        .cloned();
     let scope = |pair: Option<(Option<Bucket>, Option<Bucket>)>| {
         pair.map(|(requests, characters)| ScopeConfig {
             requests: requests.map(Bucket::config),
@@ -266,27 +344,47 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
         plans,
         anonymous: scope(c.anonymous),
         global: scope(c.global),
-        headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off][usize::from(c.headers % 3)],
+        headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off]
+            [usize::from(c.headers % 3)],
         in_flight_timeout_seconds: u64::from(c.in_flight_timeout_seconds % 600) + 1,
     };
     let limiter = config.compile().ok()?;
-    let table = BucketTable::new("failed_auth", &c.failed_auth.config(), slots, "auth.failed_auth").ok()?;
+    let table = BucketTable::new(
+        "failed_auth",
+        &c.failed_auth.config(),
+        slots,
+        "auth.failed_auth",
+    )
+    .ok()?;
 
     // A subject's bound holds when every configured plan limits requests without refilling
     // (a subject always gets one of them: its own plan or the default one).
     let configured: Vec<&Plan> = c.plans.iter().flatten().collect();
     let subject_requests = (!configured.is_empty()
-        && configured.iter().all(|p| p.requests.is_some_and(Bucket::never_refills)))
-    .then(|| configured.iter().filter_map(|p| p.requests).map(|b| b.config().capacity).max())
+        && configured
+            .iter()
+            .all(|p| p.requests.is_some_and(Bucket::never_refills)))
+    .then(|| {
+        configured
+            .iter()
+            .filter_map(|p| p.requests)
+            .map(|b| b.config().capacity)
+            .max()
+    })
     .flatten();
     let never = |pair: &Option<(Option<Bucket>, Option<Bucket>)>| {
-        pair.and_then(|(requests, _)| requests).filter(|b| b.never_refills()).map(|b| b.config().capacity)
+        pair.and_then(|(requests, _)| requests)
+            .filter(|b| b.never_refills())
+            .map(|b| b.config().capacity)
     };
     let bounds = Bounds {
         subject_requests,
         anonymous_requests: never(&c.anonymous),
         global_requests: never(&c.global),
-        failed_auth: c.failed_auth.never_refills().then(|| c.failed_auth.config().capacity),
+        failed_auth: c
+            .failed_auth
+            .never_refills()
+            .then(|| c.failed_auth.config().capacity),
     };
     Some((limiter, table, bounds))
 }

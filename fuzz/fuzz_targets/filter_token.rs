@@ -16,13 +16,19 @@ fuzz_target!(|data: &[u8]| {
     let mut headers = Vec::new();
     for (index, line) in text.split('\n').enumerate() {
         if index == 0 {
-            if let Some(seconds) = line.strip_prefix('@').and_then(|s| s.trim().parse::<u64>().ok()) {
+            if let Some(seconds) = line
+                .strip_prefix('@')
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 now_s = seconds;
                 continue;
             }
         }
         if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.to_string(), value.strip_prefix(' ').unwrap_or(value).to_string()));
+            headers.push((
+                name.to_string(),
+                value.strip_prefix(' ').unwrap_or(value).to_string(),
+            ));
         }
     }
     let authenticator = jwt::authenticator();
@@ -30,13 +36,17 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(token)) => token,
         Ok(None) => return,
         Err(rejection) => {
-            let values: Vec<&str> =
-                headers.iter().flat_map(|(_, v)| [v.trim(), v.split_whitespace().last().unwrap_or("")]).collect();
+            let values: Vec<&str> = headers
+                .iter()
+                .flat_map(|(_, v)| [v.trim(), v.split_whitespace().last().unwrap_or("")])
+                .collect();
             oracle::check_auth_rejection(&rejection, &values);
             return;
         }
     };
-    assert!(!token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace() || c.is_control()));
+    assert!(
+        !token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace() || c.is_control())
+    );
     judge(&authenticator, &token, now_s);
 });
 
@@ -49,9 +59,14 @@ fn judge(authenticator: &voxgate_filter::auth::Authenticator, token: &str, now_s
             );
             assert!(!verified.subject.is_empty());
             assert!([jwt::DEV_ISSUER, jwt::LAX_ISSUER].contains(&verified.issuer.as_str()));
-            assert!(now_s <= verified.expires_at.saturating_add(jwt::CLOCK_SKEW_S), "accepted an expired token");
+            assert!(
+                now_s <= verified.expires_at.saturating_add(jwt::CLOCK_SKEW_S),
+                "accepted an expired token"
+            );
             oracle::check_forwarded(&authenticator.forwarded_headers(&verified));
-            let again = authenticator.verify(token, now_s).expect("a verified token verifies again from the cache");
+            let again = authenticator
+                .verify(token, now_s)
+                .expect("a verified token verifies again from the cache");
             assert_eq!(again, verified);
         }
         Err(rejection) => oracle::check_auth_rejection(&rejection, &[token]),

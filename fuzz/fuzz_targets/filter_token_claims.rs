@@ -179,7 +179,10 @@ fn build(t: &Token, now_s: u64) -> String {
             header.insert("kid".into(), Value::from(jwt::DEV_KID));
         }
         Kid::Public(i) => {
-            header.insert("kid".into(), Value::from(["rs", "es", "ed"][usize::from(*i % 3)]));
+            header.insert(
+                "kid".into(),
+                Value::from(["rs", "es", "ed"][usize::from(*i % 3)]),
+            );
         }
         Kid::Other(s) => {
             header.insert("kid".into(), Value::from(s.as_str()));
@@ -222,15 +225,24 @@ fn build(t: &Token, now_s: u64) -> String {
         }
     }
     for (name, value) in t.extra.iter().take(4) {
-        claims.entry(name.clone()).or_insert_with(|| Value::from(value.as_str()));
+        claims
+            .entry(name.clone())
+            .or_insert_with(|| Value::from(value.as_str()));
     }
 
     let mut header_json = Value::Object(header).to_string();
     let mut claims_json = Value::Object(claims).to_string();
     match &t.mangle {
         Mangle::DuplicateClaim(name) => {
-            let name = ["sub", "iss", "exp", "aud"].iter().find(|n| name.starts_with(**n)).copied().unwrap_or("sub");
-            claims_json = format!("{{\"{name}\":\"shadow\",{}", claims_json.trim_start_matches('{'));
+            let name = ["sub", "iss", "exp", "aud"]
+                .iter()
+                .find(|n| name.starts_with(**n))
+                .copied()
+                .unwrap_or("sub");
+            claims_json = format!(
+                "{{\"{name}\":\"shadow\",{}",
+                claims_json.trim_start_matches('{')
+            );
         }
         Mangle::DuplicateHeaderAlg => {
             header_json = format!("{{\"alg\":\"none\",{}", header_json.trim_start_matches('{'));
@@ -254,9 +266,18 @@ fn build(t: &Token, now_s: u64) -> String {
             }
             format!("{input}.{}", String::from_utf8_lossy(&bytes))
         }
-        Mangle::DropSignature => format!("{}.", token.rsplit_once('.').map_or(token.as_str(), |(input, _)| input)),
+        Mangle::DropSignature => format!(
+            "{}.",
+            token
+                .rsplit_once('.')
+                .map_or(token.as_str(), |(input, _)| input)
+        ),
         Mangle::ExtraSegment => format!("{token}.e30"),
-        Mangle::PaddedSegments => token.split('.').map(|s| format!("{s}==")).collect::<Vec<_>>().join("."),
+        Mangle::PaddedSegments => token
+            .split('.')
+            .map(|s| format!("{s}=="))
+            .collect::<Vec<_>>()
+            .join("."),
         _ => token,
     }
 }
@@ -270,13 +291,20 @@ fn judge(authenticator: &Authenticator, token: &str, now_s: u64) {
             );
             assert!(!verified.subject.is_empty());
             assert!([jwt::DEV_ISSUER, jwt::LAX_ISSUER].contains(&verified.issuer.as_str()));
-            assert!(now_s <= verified.expires_at.saturating_add(jwt::CLOCK_SKEW_S), "accepted an expired token");
+            assert!(
+                now_s <= verified.expires_at.saturating_add(jwt::CLOCK_SKEW_S),
+                "accepted an expired token"
+            );
             oracle::check_forwarded(&authenticator.forwarded_headers(&verified));
-            let again = authenticator.verify(token, now_s).expect("a verified token verifies again from the cache");
+            let again = authenticator
+                .verify(token, now_s)
+                .expect("a verified token verifies again from the cache");
             assert_eq!(again, verified);
             if verified.expires_at < u64::MAX - jwt::CLOCK_SKEW_S - 1 {
                 let late = verified.expires_at + jwt::CLOCK_SKEW_S + 1;
-                let refused = authenticator.verify(token, late).expect_err("the cache kept an expired token alive");
+                let refused = authenticator
+                    .verify(token, late)
+                    .expect_err("the cache kept an expired token alive");
                 assert_eq!(refused.code, "token_expired");
             }
         }

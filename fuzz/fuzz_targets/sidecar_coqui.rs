@@ -37,9 +37,14 @@ fn voices() -> &'static [Voice] {
         CONFIGS
             .iter()
             .map(|text| {
-                let config: CoquiTextConfig = serde_json::from_str(text).expect("a fixture config.json parses");
-                let tokenizer = CoquiTokenizer::from_config(&config).expect("a fixture tokenizer builds");
-                Voice { tokenizer, add_blank: config.add_blank }
+                let config: CoquiTextConfig =
+                    serde_json::from_str(text).expect("a fixture config.json parses");
+                let tokenizer =
+                    CoquiTokenizer::from_config(&config).expect("a fixture tokenizer builds");
+                Voice {
+                    tokenizer,
+                    add_blank: config.add_blank,
+                }
             })
             .collect()
     })
@@ -47,25 +52,52 @@ fn voices() -> &'static [Voice] {
 
 fn check(voice: &Voice, ids: &TokenIds, symbols: &str) {
     let vocabulary = voice.tokenizer.num_symbols() as i64;
-    assert!(ids.ids.iter().all(|&id| (0..vocabulary).contains(&id)), "an id outside the vocabulary of {vocabulary}");
-    assert_eq!(ids.symbols + ids.skipped, symbols.chars().count(), "a symbol neither encoded nor skipped");
+    assert!(
+        ids.ids.iter().all(|&id| (0..vocabulary).contains(&id)),
+        "an id outside the vocabulary of {vocabulary}"
+    );
+    assert_eq!(
+        ids.symbols + ids.skipped,
+        symbols.chars().count(),
+        "a symbol neither encoded nor skipped"
+    );
     if voice.add_blank {
-        assert_eq!(ids.ids.len(), 2 * ids.symbols + 1, "blanks do not interleave the symbols");
+        assert_eq!(
+            ids.ids.len(),
+            2 * ids.symbols + 1,
+            "blanks do not interleave the symbols"
+        );
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
-    let Ok(text) = std::str::from_utf8(rest) else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
     let voice = &voices()[usize::from(selector) % CONFIGS.len()];
     let cleaned = voice.tokenizer.clean(text);
     check(voice, &voice.tokenizer.encode(&cleaned), &cleaned);
     check(voice, &voice.tokenizer.encode(text), text);
     if rest.len() <= PHONEMIZE_BYTES {
-        let ids = voice.tokenizer.text_to_ids(text).expect("espeak-ng phonemizes any text");
+        let ids = voice
+            .tokenizer
+            .text_to_ids(text)
+            .expect("espeak-ng phonemizes any text");
         let vocabulary = voice.tokenizer.num_symbols() as i64;
-        assert!(ids.ids.iter().all(|&id| (0..vocabulary).contains(&id)), "an id outside the vocabulary");
-        let again = voice.tokenizer.text_to_ids(text).expect("espeak-ng phonemizes any text");
-        assert_eq!(ids, again, "the same text gave other ids the second time: state leaks between calls");
+        assert!(
+            ids.ids.iter().all(|&id| (0..vocabulary).contains(&id)),
+            "an id outside the vocabulary"
+        );
+        let again = voice
+            .tokenizer
+            .text_to_ids(text)
+            .expect("espeak-ng phonemizes any text");
+        assert_eq!(
+            ids, again,
+            "the same text gave other ids the second time: state leaks between calls"
+        );
     }
 });

@@ -20,7 +20,10 @@ use voxgate_sidecar::tokenizer::TokenIds;
 voxgate_fuzz::espeak_sanitizer_defaults!();
 
 const PHONEMIZE_BYTES: usize = 64;
-const VOICE_CONFIG: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../.deps/voices/en_US-joe-medium.onnx.json"));
+const VOICE_CONFIG: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../.deps/voices/en_US-joe-medium.onnx.json"
+));
 
 struct Joe {
     tokenizer: PiperTokenizer,
@@ -31,13 +34,22 @@ struct Joe {
 fn joe() -> &'static Joe {
     static JOE: OnceLock<Joe> = OnceLock::new();
     JOE.get_or_init(|| {
-        let config: serde_json::Value = serde_json::from_str(VOICE_CONFIG).expect("the Joe voice configuration is JSON");
+        let config: serde_json::Value =
+            serde_json::from_str(VOICE_CONFIG).expect("the Joe voice configuration is JSON");
         let map: HashMap<String, Vec<i64>> =
             serde_json::from_value(config["phoneme_id_map"].clone()).expect("phoneme_id_map");
-        let voice = config["espeak"]["voice"].as_str().unwrap_or("en-us").to_string();
-        let tokenizer = PiperTokenizer::new(&voice, map.clone(), HashMap::new()).expect("the Joe tokenizer builds");
+        let voice = config["espeak"]["voice"]
+            .as_str()
+            .unwrap_or("en-us")
+            .to_string();
+        let tokenizer = PiperTokenizer::new(&voice, map.clone(), HashMap::new())
+            .expect("the Joe tokenizer builds");
         let known_ids = map.values().flatten().copied().collect();
-        Joe { tokenizer, map, known_ids }
+        Joe {
+            tokenizer,
+            map,
+            known_ids,
+        }
     })
 }
 
@@ -47,18 +59,39 @@ fn check(joe: &Joe, ids: &TokenIds, phonemes: &str) {
     assert_eq!(ids.ids[0], first("^"));
     assert_eq!(ids.ids[1], first("_"));
     assert_eq!(*ids.ids.last().unwrap(), first("$"));
-    assert!(ids.ids.iter().all(|id| joe.known_ids.contains(id)), "an id outside the voice's map");
-    assert_eq!(ids.symbols + ids.skipped, phonemes.nfd().count(), "a phoneme neither encoded nor skipped");
+    assert!(
+        ids.ids.iter().all(|id| joe.known_ids.contains(id)),
+        "an id outside the voice's map"
+    );
+    assert_eq!(
+        ids.symbols + ids.skipped,
+        phonemes.nfd().count(),
+        "a phoneme neither encoded nor skipped"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let joe = joe();
     check(joe, &joe.tokenizer.phonemes_to_ids(text), text);
     if text.len() <= PHONEMIZE_BYTES {
-        let ids = joe.tokenizer.text_to_ids(text).expect("espeak-ng phonemizes any text");
-        assert!(ids.ids.iter().all(|id| joe.known_ids.contains(id)), "an id outside the voice's map");
-        let again = joe.tokenizer.text_to_ids(text).expect("espeak-ng phonemizes any text");
-        assert_eq!(ids, again, "the same text gave other ids the second time: state leaks between calls");
+        let ids = joe
+            .tokenizer
+            .text_to_ids(text)
+            .expect("espeak-ng phonemizes any text");
+        assert!(
+            ids.ids.iter().all(|id| joe.known_ids.contains(id)),
+            "an id outside the voice's map"
+        );
+        let again = joe
+            .tokenizer
+            .text_to_ids(text)
+            .expect("espeak-ng phonemizes any text");
+        assert_eq!(
+            ids, again,
+            "the same text gave other ids the second time: state leaks between calls"
+        );
     }
 });

@@ -30,14 +30,18 @@ const MAX_BODY_BYTES: usize = 2048;
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
     })
 }
 
 fn router() -> &'static Router {
     static ROUTER: OnceLock<Router> = OnceLock::new();
     ROUTER.get_or_init(|| {
-        let metrics = voxgate_sidecar::metrics::install().expect("the metrics recorder installs once");
+        let metrics =
+            voxgate_sidecar::metrics::install().expect("the metrics recorder installs once");
         let limits = Limits {
             max_input_chars: MAX_INPUT_CHARS,
             max_body_bytes: MAX_BODY_BYTES,
@@ -59,8 +63,14 @@ fn request(data: &[u8]) -> Option<Request<Body>> {
     let head = std::str::from_utf8(head).ok()?;
     let mut lines = head.split('\n');
     let (method, target) = lines.next()?.split_once(' ')?;
-    let target = if target.starts_with('/') { target.to_string() } else { format!("/{target}") };
-    let mut builder = Request::builder().method(Method::from_bytes(method.as_bytes()).ok()?).uri(target);
+    let target = if target.starts_with('/') {
+        target.to_string()
+    } else {
+        format!("/{target}")
+    };
+    let mut builder = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).ok()?)
+        .uri(target);
     for line in lines {
         let (name, value) = line.split_once(':')?;
         let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
@@ -73,14 +83,26 @@ fn request(data: &[u8]) -> Option<Request<Body>> {
 fuzz_target!(|data: &[u8]| {
     let Some(request) = request(data) else { return };
     let speech_route = matches!(request.uri().path(), "/v1/audio/speech" | "/api/tts");
-    let hidden: Vec<String> =
-        String::from_utf8_lossy(data).split_whitespace().filter(|w| token_like(w)).map(str::to_string).collect();
+    let hidden: Vec<String> = String::from_utf8_lossy(data)
+        .split_whitespace()
+        .filter(|w| token_like(w))
+        .map(str::to_string)
+        .collect();
 
     let (status, retry_after, body) = runtime().block_on(async {
-        let response = router().clone().oneshot(request).await.expect("the router is infallible");
+        let response = router()
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("the router is infallible");
         let status = response.status();
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let body = response.into_body().collect().await.expect("a buffered answer").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a buffered answer")
+            .to_bytes();
         (status, retry_after, body)
     });
 
@@ -89,18 +111,33 @@ fuzz_target!(|data: &[u8]| {
         "answered {status} to a client's request"
     );
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        let seconds = retry_after.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        assert!(seconds.is_some(), "a 503 without a whole-second Retry-After");
+        let seconds = retry_after
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(
+            seconds.is_some(),
+            "a 503 without a whole-second Retry-After"
+        );
     }
     if speech_route {
-        assert!([400, 405, 413, 415, 503].contains(&status.as_u16()), "a speech route answered {status}");
+        assert!(
+            [400, 405, 413, 415, 503].contains(&status.as_u16()),
+            "a speech route answered {status}"
+        );
     }
     if status.is_client_error() || status.is_server_error() {
-        let error: serde_json::Value = serde_json::from_slice(&body).expect("an error answer is JSON");
-        let message = error["error"]["message"].as_str().expect("the error has a message");
+        let error: serde_json::Value =
+            serde_json::from_slice(&body).expect("an error answer is JSON");
+        let message = error["error"]["message"]
+            .as_str()
+            .expect("the error has a message");
         assert!(error["error"]["code"].is_string() && error["error"]["type"].is_string());
         for word in &hidden {
-            assert!(!message.contains(word.as_str()), "the error message repeats the request: {message:?}");
+            assert!(
+                !message.contains(word.as_str()),
+                "the error message repeats the request: {message:?}"
+            );
         }
     }
 });

@@ -12,16 +12,30 @@ fn visible(text: &str) -> impl Iterator<Item = char> + '_ {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let normalized = normalize_whitespace(text);
     assert!(visible(&normalized).eq(visible(text)));
-    assert_eq!(normalize_whitespace(&normalized), normalized, "normalizing twice changes the text");
+    assert_eq!(
+        normalize_whitespace(&normalized),
+        normalized,
+        "normalizing twice changes the text"
+    );
 
     let chunks = split_sentences(text);
     for chunk in &chunks {
         assert!(!chunk.is_empty(), "an empty chunk");
-        assert!(chunk.chars().count() <= MAX_CHUNK_CHARS, "a chunk of {} characters", chunk.chars().count());
-        assert_eq!(&normalize_whitespace(chunk), chunk, "a chunk with untidy whitespace");
+        assert!(
+            chunk.chars().count() <= MAX_CHUNK_CHARS,
+            "a chunk of {} characters",
+            chunk.chars().count()
+        );
+        assert_eq!(
+            &normalize_whitespace(chunk),
+            chunk,
+            "a chunk with untidy whitespace"
+        );
     }
     assert!(
         chunks.iter().flat_map(|c| visible(c)).eq(visible(text)),

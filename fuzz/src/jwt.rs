@@ -61,8 +61,11 @@ pub fn auth_config() -> Value {
 }
 
 pub fn authenticator() -> Authenticator {
-    let config: AuthConfig = serde_json::from_value(auth_config()).expect("the fuzz auth configuration parses");
-    config.compile().expect("the fuzz auth configuration compiles")
+    let config: AuthConfig =
+        serde_json::from_value(auth_config()).expect("the fuzz auth configuration parses");
+    config
+        .compile()
+        .expect("the fuzz auth configuration compiles")
 }
 
 /// `header.payload.signature` over the given segment bytes, HMAC-SHA256 with `secret`.
@@ -75,12 +78,20 @@ pub fn sign_hs256(header: &[u8], payload: &[u8], secret: &[u8]) -> String {
 /// Whether `token` carries a valid HMAC-SHA256 by one of `secrets` over its own signing input,
 /// under an `HS256` header: the only kind of token the fuzzer can legitimately produce.
 pub fn is_genuine_hs256(token: &str, secrets: &[&[u8]]) -> bool {
-    let Some((signing_input, signature)) = token.rsplit_once('.') else { return false };
-    let Some((header, _)) = signing_input.split_once('.') else { return false };
+    let Some((signing_input, signature)) = token.rsplit_once('.') else {
+        return false;
+    };
+    let Some((header, _)) = signing_input.split_once('.') else {
+        return false;
+    };
     let alg_is_hs256 = unb64(header)
         .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
         .is_some_and(|h| h.get("alg") == Some(&Value::from("HS256")));
-    let Some(signature) = unb64(signature) else { return false };
+    let Some(signature) = unb64(signature) else {
+        return false;
+    };
     alg_is_hs256
-        && secrets.iter().any(|secret| hmac_sha256::HMAC::mac(signing_input.as_bytes(), secret) == signature.as_slice())
+        && secrets.iter().any(|secret| {
+            hmac_sha256::HMAC::mac(signing_input.as_bytes(), secret) == signature.as_slice()
+        })
 }

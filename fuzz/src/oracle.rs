@@ -8,18 +8,37 @@ use voxgate_filter::decision::Rejection;
 /// A refusal with one of `statuses`, a well-formed JSON body, and no trace of the token-like
 /// strings among `hidden` in its message or headers (see `token_like`).
 pub fn check_rejection(rejection: &Rejection, statuses: &[u16], hidden: &[&str]) {
-    assert!(statuses.contains(&rejection.status), "unexpected status {} ({})", rejection.status, rejection.code);
+    assert!(
+        statuses.contains(&rejection.status),
+        "unexpected status {} ({})",
+        rejection.status,
+        rejection.code
+    );
     assert!(!rejection.code.is_empty(), "a refusal without a code");
-    let body: serde_json::Value = serde_json::from_str(&rejection.body()).expect("the error body is JSON");
-    assert_eq!(body["error"]["code"], rejection.code, "the body names the code");
+    let body: serde_json::Value =
+        serde_json::from_str(&rejection.body()).expect("the error body is JSON");
+    assert_eq!(
+        body["error"]["code"], rejection.code,
+        "the body names the code"
+    );
     assert!(body["error"]["type"].is_string() && body["error"]["message"].is_string());
     for (name, value) in &rejection.headers {
-        assert!(is_header_safe(name) && is_header_safe(value), "unsafe response header {name:?}: {value:?}");
+        assert!(
+            is_header_safe(name) && is_header_safe(value),
+            "unsafe response header {name:?}: {value:?}"
+        );
     }
     for secret in hidden.iter().filter(|s| token_like(s)) {
-        assert!(!rejection.message.contains(secret), "the refusal message echoes input: {:?}", rejection.message);
+        assert!(
+            !rejection.message.contains(secret),
+            "the refusal message echoes input: {:?}",
+            rejection.message
+        );
         for (_, value) in &rejection.headers {
-            assert!(!value.contains(secret), "a refusal header echoes input: {value:?}");
+            assert!(
+                !value.contains(secret),
+                "a refusal header echoes input: {value:?}"
+            );
         }
     }
 }
@@ -27,16 +46,34 @@ pub fn check_rejection(rejection: &Rejection, statuses: &[u16], hidden: &[&str])
 /// An authentication refusal: 401 or 403 with a code the metrics know.
 pub fn check_auth_rejection(rejection: &Rejection, hidden: &[&str]) {
     check_rejection(rejection, &[401, 403], hidden);
-    assert!(REJECTION_CODES.contains(&rejection.code), "unknown auth refusal code {}", rejection.code);
+    assert!(
+        REJECTION_CODES.contains(&rejection.code),
+        "unknown auth refusal code {}",
+        rejection.code
+    );
 }
 
 /// `x-voxgate-*` headers with values that are non-empty, short and free of control characters.
 pub fn check_forwarded(headers: &[(String, String)]) {
     for (name, value) in headers {
-        assert!(name.starts_with(FORWARDED_PREFIX), "forwarded header outside x-voxgate-*: {name}");
-        assert!(!value.is_empty() && value.len() <= 256, "forwarded value of {} bytes", value.len());
-        assert!(is_header_safe(value), "forwarded value with control characters: {value:?}");
-        assert_eq!(value.trim(), value, "forwarded value with surrounding whitespace");
+        assert!(
+            name.starts_with(FORWARDED_PREFIX),
+            "forwarded header outside x-voxgate-*: {name}"
+        );
+        assert!(
+            !value.is_empty() && value.len() <= 256,
+            "forwarded value of {} bytes",
+            value.len()
+        );
+        assert!(
+            is_header_safe(value),
+            "forwarded value with control characters: {value:?}"
+        );
+        assert_eq!(
+            value.trim(),
+            value,
+            "forwarded value with surrounding whitespace"
+        );
     }
 }
 

@@ -29,7 +29,10 @@ impl FuzzStore {
     pub fn with_fixed_secret() -> Self {
         let store = Self::default();
         let cas = store.next_cas();
-        store.entries.borrow_mut().insert(HASH_SECRET_KEY.to_string(), (b"fuzzing, fixed!!".to_vec(), cas));
+        store.entries.borrow_mut().insert(
+            HASH_SECRET_KEY.to_string(),
+            (b"fuzzing, fixed!!".to_vec(), cas),
+        );
         store
     }
 
@@ -49,16 +52,22 @@ impl FuzzStore {
     fn key_at(&self, index: usize) -> Option<String> {
         let entries = self.entries.borrow();
         let count = entries.len();
-        (count > 0).then(|| entries.keys().nth(index % count).cloned()).flatten()
+        (count > 0)
+            .then(|| entries.keys().nth(index % count).cloned())
+            .flatten()
     }
 
     /// Another party overwrites eight bytes of a stored value (a clock from the future, a
     /// token count from another configuration, a foreign identity tag).
     pub fn tamper(&self, key_index: usize, offset: usize, word: u64) {
-        let Some(key) = self.key_at(key_index) else { return };
+        let Some(key) = self.key_at(key_index) else {
+            return;
+        };
         let cas = self.next_cas();
         let mut entries = self.entries.borrow_mut();
-        let Some((value, stored_cas)) = entries.get_mut(&key) else { return };
+        let Some((value, stored_cas)) = entries.get_mut(&key) else {
+            return;
+        };
         for (i, byte) in word.to_le_bytes().iter().enumerate() {
             if value.is_empty() {
                 break;
@@ -72,7 +81,9 @@ impl FuzzStore {
 
     /// Another party replaces a stored value with arbitrary bytes.
     pub fn replace(&self, key_index: usize, bytes: Vec<u8>) {
-        let Some(key) = self.key_at(key_index) else { return };
+        let Some(key) = self.key_at(key_index) else {
+            return;
+        };
         let cas = self.next_cas();
         self.entries.borrow_mut().insert(key.clone(), (bytes, cas));
         self.tampered.borrow_mut().insert(key);
@@ -120,7 +131,9 @@ impl SharedStore for FuzzStore {
             }
         }
         let next = self.next_cas();
-        self.entries.borrow_mut().insert(key.to_string(), (value.to_vec(), next));
+        self.entries
+            .borrow_mut()
+            .insert(key.to_string(), (value.to_vec(), next));
         self.tampered.borrow_mut().remove(key);
         Ok(())
     }

@@ -201,12 +201,15 @@ impl Espeak {
         // SAFETY: espeak is initialized with a voice selected (callers check), the caller
         // holds the lock, and `cursor` points to a NUL-terminated string that outlives the
         // call; the result is copied at once.
-        let phonemes = unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, PHONEME_MODE_IPA) };
+        let phonemes =
+            unsafe { espeak_TextToPhonemes(&mut cursor, ESPEAK_CHARS_UTF8, PHONEME_MODE_IPA) };
         if phonemes.is_null() {
             return String::new();
         }
         // SAFETY: a NUL-terminated string in espeak's buffer, valid until the next call.
-        unsafe { CStr::from_ptr(phonemes) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(phonemes) }
+            .to_string_lossy()
+            .into_owned()
     }
 
     /// Makes espeak drop a character it read ahead at the end of the previous text, which
@@ -382,7 +385,11 @@ mod tests {
             ("a\u{1}50S b", "a 50S b"),
             ("x\u{1b}[1m y\u{85}z\u{7f}", "x [1m y  z "),
         ] {
-            assert_eq!(phonemize(text, "en-us").unwrap(), phonemize(spaced, "en-us").unwrap(), "{text:?}");
+            assert_eq!(
+                phonemize(text, "en-us").unwrap(),
+                phonemize(spaced, "en-us").unwrap(),
+                "{text:?}"
+            );
         }
     }
 
@@ -394,7 +401,11 @@ mod tests {
         let clean = phonemize("Hello world.", "en-us").unwrap();
         for previous in ["I..", "3..", "\u{13AF} This"] {
             phonemize(previous, "en-us").unwrap();
-            assert_eq!(phonemize("Hello world.", "en-us").unwrap(), clean, "after {previous:?}");
+            assert_eq!(
+                phonemize("Hello world.", "en-us").unwrap(),
+                clean,
+                "after {previous:?}"
+            );
         }
     }
 
