@@ -133,7 +133,8 @@ def test_istio_plugin_config_matches_the_local_one_except_providers():
     plugin = istio_documents()[0]
     assert plugin["kind"] == "WasmPlugin"
     assert (plugin["spec"]["phase"], plugin["spec"]["failStrategy"]) == ("AUTHN", "FAIL_CLOSE")
-    istio, local = plugin["spec"]["pluginConfig"], json.loads(render_envoy.FILTER_CONFIG.read_text())
+    istio, local = dict(plugin["spec"]["pluginConfig"]), json.loads(render_envoy.FILTER_CONFIG.read_text())
+    assert istio.pop("hold_headers_for_body") is False, "WasmPlugin cannot hold headers for a body"
     assert set(istio) == set(local)
     for section in local:
         if section == "auth":
@@ -145,6 +146,26 @@ def test_istio_plugin_config_matches_the_local_one_except_providers():
 
 def test_envoy_accepts_the_istio_plugin_config(tmp_path):
     plugin_config = istio_documents()[0]["spec"]["pluginConfig"]
-    path, _ = rendered(tmp_path, plugin_config)
+    path, _ = rendered(tmp_path, plugin_config, mesh=True)
     result = render_envoy.validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mesh_rendering_is_the_istio_filter_chain(tmp_path):
+    """The chain tests/test_filter_mesh.py runs is the one the Istio manifests build."""
+    [buffer_patch] = [d for d in istio_documents() if d["kind"] == "EnvoyFilter"]
+    [patch] = buffer_patch["spec"]["configPatches"]
+    assert patch["match"]["context"] == "SIDECAR_INBOUND"
+    assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router"
+    assert patch["patch"]["operation"] == "INSERT_BEFORE"
+    plugin_config = istio_documents()[0]["spec"]["pluginConfig"]
+    _, bootstrap = rendered(tmp_path, plugin_config, mesh=True)
+    chain = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    http_filters = chain["typed_config"]["http_filters"]
+    assert [f["name"] for f in http_filters] == [
+        render_envoy.WASM_FILTER, "envoy.filters.http.buffer", "envoy.filters.http.router"]
+    assert http_filters[1] == patch["patch"]["value"]
+    assert http_filters[1]["typed_config"]["max_request_bytes"] == plugin_config["text"]["max_body_bytes"]
+    wasm = http_filters[0]["typed_config"]["config"]
+    assert "allow_on_headers_stop_iteration" not in wasm
+    assert json.loads(wasm["configuration"]["value"])["hold_headers_for_body"] is False

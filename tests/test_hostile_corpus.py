@@ -17,43 +17,19 @@ The module's Envoy is the default configuration plus a raw-token header (`x-api-
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import rawhttp
-from gate_checks import LogCursor, SourceAddresses, sidecar_requests, wasm_traps
-from hostile_cases import CASES, MARKER, SPOOFED_SUBJECTS, TOKEN_HEADER, Kit, speech, speech_json
+from corpus_gate import BACKGROUND_TIMEOUT_S, EXCHANGE_TIMEOUT_S, Gate, assert_answer
+from gate_checks import sidecar_requests, wasm_traps
+from hostile_cases import CASES, SPOOFED_SUBJECTS, TOKEN_HEADER, Kit, speech, speech_json
 
 FOREGROUND = [c for c in CASES if not c.background]
 BACKGROUND = [c for c in CASES if c.background]
-EXCHANGE_TIMEOUT_S = 60
-# Envoy's request_timeout (30 s) is the longest wait a stalled client gets.
-BACKGROUND_TIMEOUT_S = 75
 ACCESS_LOG_WAIT_S = 20
-
-
-class Gate:
-    def __init__(self, stack, envoy, kit):
-        self.stack = stack
-        self.envoy = envoy
-        self.kit = kit
-        self.addresses = SourceAddresses(77)
-        self.log = LogCursor(envoy.log_path)
-        self.sidecar_before = sidecar_requests(stack.sidecar)
-        self.expected_forwards = 0
-        self.lock = threading.Lock()
-        self.background = {}
-
-    def send(self, case) -> rawhttp.Response:
-        request = case.request(self.kit)
-        with self.lock:
-            self.expected_forwards += int(case.forwarded)
-        timeout = BACKGROUND_TIMEOUT_S if case.background else EXCHANGE_TIMEOUT_S
-        return rawhttp.exchange("127.0.0.1", self.envoy.port, request, source=self.addresses.next(),
-                                timeout=timeout, head_request=case.head)
 
 
 @pytest.fixture(scope="module")
@@ -61,31 +37,10 @@ def gate(stack, envoy_factory):
     config = stack.filter_config()
     config["auth"]["token_header"] = TOKEN_HEADER
     envoy = envoy_factory(config)
-    gate = Gate(stack, envoy, Kit(stack, config))
+    gate = Gate(stack, envoy, Kit(stack, config), source_octet=77)
     with ThreadPoolExecutor(max_workers=max(1, len(BACKGROUND))) as pool:
         gate.background = {case.id: pool.submit(gate.send, case) for case in BACKGROUND}
         yield gate
-
-
-def matches(answer: tuple, response: rawhttp.Response) -> bool:
-    status, code, message = answer
-    if response.status != status:
-        return False
-    if code is None:
-        return response.error() is None
-    return response.code == code and (message is None or response.error()["message"] == message)
-
-
-def assert_answer(case, response: rawhttp.Response) -> None:
-    assert any(matches(answer, response) for answer in case.answers()), (
-        f"{case.id}: expected one of {case.answers()}, got {response.status} "
-        f"{response.headers} {response.body[:300]!r}")
-    error = response.error()
-    if error is not None:
-        assert error.get("type") and error.get("message"), error
-        assert MARKER not in response.body.decode("utf-8", errors="replace"), "an answer echoed the text"
-    if response.status == 401 and error is not None and not case.forwarded:
-        assert (response.header("www-authenticate") or "").startswith('Bearer realm="voxgate"'), response.headers
 
 
 @pytest.mark.parametrize("case", FOREGROUND, ids=lambda c: c.id)

@@ -6,7 +6,12 @@ placeholders (an upper-case name between two `@`); every value is written as a J
 which YAML reads unchanged, and the filter configuration becomes one JSON string (the plugin's
 `StringValue`).
 
-CLI: `python -m tools.render_envoy --out .run/envoy.yaml [--validate]`, ports from the
+`mesh=True` renders the filter chain an Istio `WasmPlugin` produces (envoy/istio/): the Wasm
+filter without `allow_on_headers_stop_iteration`, so the filter runs with
+`hold_headers_for_body: false`, and Envoy's buffer filter between it and the router, which holds
+the headers until the filter has passed the body.
+
+CLI: `python -m tools.render_envoy --out .run/envoy.yaml [--mesh] [--validate]`, ports from the
 VOXGATE_*_PORT environment variables.
 """
 
@@ -21,6 +26,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from tools import devkeys
 
@@ -54,6 +61,7 @@ class EnvoyParams:
     jwks_port: int = 8081
     wasm_path: Path = WASM
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
+    mesh: bool = False
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
@@ -79,7 +87,18 @@ def filter_config(jwks: dict, base: Path | dict = FILTER_CONFIG) -> dict:
     return config
 
 
+WASM_FILTER = "envoy.filters.http.wasm"
+# `text.max_body_bytes` when the filter configuration leaves it out (filter/src/validate).
+FILTER_DEFAULT_MAX_BODY_BYTES = 65536
+BUFFER_FILTER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"},
+}
+
+
 def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
+    if params.mesh:
+        return _mesh_layout(render(_standalone(params), template), params.filter_config)
     values = {
         "LISTEN_PORT": params.listen_port,
         "ADMIN_PORT": params.admin_port,
@@ -94,6 +113,28 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
     if unknown:
         raise ValueError(f"{template}: no value for placeholder(s) {', '.join(unknown)}")
     return _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+
+
+def _standalone(params: EnvoyParams) -> EnvoyParams:
+    config = dict(params.filter_config, hold_headers_for_body=False)
+    return EnvoyParams(**dict(vars(params), filter_config=config, mesh=False))
+
+
+def _mesh_layout(bootstrap: str, filter_config: dict) -> str:
+    """The standalone bootstrap rearranged as envoy/istio/ deploys the filter."""
+    config = yaml.safe_load(bootstrap)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                http_filters = network_filter["typed_config"]["http_filters"]
+                [position] = [i for i, f in enumerate(http_filters) if f["name"] == WASM_FILTER]
+                del http_filters[position]["typed_config"]["config"]["allow_on_headers_stop_iteration"]
+                buffer = copy.deepcopy(BUFFER_FILTER)
+                # The filter refuses a larger body first: this limit only has to let the rest pass.
+                buffer["typed_config"]["max_request_bytes"] = filter_config.get("text", {}).get(
+                    "max_body_bytes", FILTER_DEFAULT_MAX_BODY_BYTES)
+                http_filters.insert(position + 1, buffer)
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def write(params: EnvoyParams, out: Path) -> Path:
@@ -119,12 +160,14 @@ def main(argv=None) -> int:
     parser.add_argument("--keys-dir", default=devkeys.keys_dir(),
                         help="dev key folder whose JWKS goes into the dev provider "
                              "(default: $VOXGATE_KEYS_DIR, else .deps/keys)")
+    parser.add_argument("--mesh", action="store_true",
+                        help="the filter chain of the Istio deployment (WasmPlugin + buffer filter)")
     parser.add_argument("--validate", action="store_true", help="then run envoy --mode validate on it")
     args = parser.parse_args(argv)
 
     jwks = devkeys.ensure_keys(args.keys_dir).jwks()
     params = EnvoyParams.from_env(filter_config(jwks, args.filter_config),
-                                  access_log=args.out.parent / "envoy-access.log")
+                                  access_log=args.out.parent / "envoy-access.log", mesh=args.mesh)
     write(params, args.out)
     print(args.out)
     if args.validate:

@@ -53,8 +53,17 @@ pub struct FilterConfig {
     /// Forward the client's token to the upstream (off: the token header is removed).
     #[serde(default)]
     pub forward_token: bool,
+    /// Hold a request's headers until its body is checked (the default). Off where Envoy turns
+    /// a pause at the headers into one that also withholds the body (an Istio `WasmPlugin`):
+    /// then only the body is held, and a buffer filter after this one holds the headers.
+    #[serde(default = "hold_headers_by_default")]
+    pub hold_headers_for_body: bool,
     #[serde(default)]
     pub log_level: LogLevelName,
+}
+
+fn hold_headers_by_default() -> bool {
+    true
 }
 
 /// The least severe level the filter logs at.
@@ -93,6 +102,7 @@ pub struct CompiledConfig {
     pub text: TextValidator,
     pub rate_limits: RateLimiter,
     pub forward_token: bool,
+    pub hold_headers_for_body: bool,
     pub log_level: LogLevel,
 }
 
@@ -169,6 +179,7 @@ impl FilterConfig {
             text,
             rate_limits,
             forward_token: self.forward_token,
+            hold_headers_for_body: self.hold_headers_for_body,
             log_level: self.log_level.level(),
         })
     }

@@ -4,6 +4,8 @@
 //! token, verification, forwarded identity → (speech routes) content type, declared length.
 //! Body (speech POST): buffered up to the byte limit, then validated. Then the rate limits,
 //! and only then does the request continue: the upstream never sees a refused request.
+//! The headers wait with the body unless `hold_headers_for_body` is off; then they go on at
+//! once and the next filter (Envoy's buffer filter, in a mesh) holds them.
 //! Any unexpected host or store error refuses the request (500), never lets it through.
 
 use std::rc::Rc;
@@ -265,8 +267,11 @@ impl RequestFlow {
         if end_of_stream {
             return self.check_body(host, guard);
         }
-        // Hold the headers until the body has been validated.
-        Ok(Action::Pause)
+        if config.hold_headers_for_body {
+            return Ok(Action::Pause);
+        }
+        // The body callbacks still hold every chunk until the whole body is checked.
+        Ok(Action::Continue)
     }
 
     fn check_body(&mut self, host: &dyn Host, guard: &Guard) -> Result<Action, Stop> {
@@ -839,6 +844,27 @@ mod tests {
         assert!(host.response_header("X-RateLimit-Limit").is_some());
         assert_eq!(host.counter("voxgate.characters_admitted"), 20);
         assert_eq!(host.counter("voxgate.decision.allowed"), 1);
+    }
+
+    #[test]
+    fn without_holding_headers_only_the_body_waits_and_a_bad_body_is_still_refused() {
+        let mut relaxed = config();
+        relaxed["hold_headers_for_body"] = json!(false);
+        let guard = guard_from(relaxed);
+        let host = host();
+        let headers = speech_headers(&token("alice"));
+        let body = speech_body("Hello there, friend.");
+        let exchange = send_chunked(&guard, &host, &refs(&headers), Some(&body), 16);
+        assert_eq!(exchange.actions[0], Action::Continue, "headers go on to the next filter");
+        assert!(exchange.actions[1..exchange.actions.len() - 1]
+            .iter()
+            .all(|a| *a == Action::Pause));
+        assert_forwarded(&host, &exchange);
+
+        let denied = speech_body("a forbidden word");
+        let exchange = send_chunked(&guard, &host, &refs(&headers), Some(&denied), 16);
+        assert_eq!(exchange.actions[0], Action::Continue);
+        assert_refused(&host, &exchange, 400, "denied_text");
     }
 
     #[test]
