@@ -463,6 +463,7 @@ pub mod fake {
         pub shared: MemoryStore,
         pub now_ms: Cell<u64>,
         pub client_address: RefCell<Option<String>>,
+        pub client_address_reads: Cell<u32>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         metric_names: RefCell<Vec<String>>,
         metric_values: RefCell<Vec<u64>>,
@@ -597,6 +598,7 @@ pub mod fake {
         }
 
         fn client_address(&self) -> Result<Option<String>, HostError> {
+            self.client_address_reads.set(self.client_address_reads.get() + 1);
             Ok(self.client_address.borrow().clone())
         }
 

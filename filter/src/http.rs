@@ -1,7 +1,8 @@
 //! The request flow: what the filter decides for one HTTP request, step by step, over `Host`.
 //!
-//! Headers: strip client `x-voxgate-*` → route → method → (auth routes) failed-auth bucket,
-//! token, verification, forwarded identity → (speech routes) content type, declared length.
+//! Headers: strip client `x-voxgate-*` → route → method → (auth routes) token, the cache of
+//! verified tokens, else failed-auth bucket and verification → forwarded identity → (speech
+//! routes) content type, declared length.
 //! Body (speech POST): buffered up to the byte limit, then validated. Then the rate limits,
 //! and only then does the request continue: the upstream never sees a refused request.
 //! The headers wait with the body unless `hold_headers_for_body` is off; then they go on at
@@ -12,7 +13,7 @@ use std::rc::Rc;
 
 use proxy_wasm::types::{Action, LogLevel};
 
-use crate::auth;
+use crate::auth::{self, Cached};
 use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
@@ -27,6 +28,9 @@ pub struct Guard {
     pub config: CompiledConfig,
     pub metrics: Metrics,
 }
+
+/// The client address when Envoy has none to give.
+const UNKNOWN_CLIENT: &str = "unknown";
 
 /// Prefix of the headers the filter owns towards the upstream.
 const OWN_HEADER_PREFIX: &str = "x-voxgate-";
@@ -75,7 +79,8 @@ pub struct RequestFlow {
     guard: Option<Rc<Guard>>,
     stage: Stage,
     route: Option<Route>,
-    client_ip: String,
+    /// Read from Envoy when first needed (`client_ip`).
+    client_ip: Option<String>,
     subject: Option<String>,
     plan: Option<String>,
     content_type: Option<String>,
@@ -92,7 +97,7 @@ impl RequestFlow {
             guard,
             stage: Stage::Headers,
             route: None,
-            client_ip: String::new(),
+            client_ip: None,
             subject: None,
             plan: None,
             content_type: None,
@@ -179,10 +184,11 @@ impl RequestFlow {
         }
         self.holds_in_flight = false;
         let Some(guard) = self.guard.clone() else { return };
+        // `admit` read the address if the request was charged to it.
         let who = Identity {
             subject: self.subject.as_deref(),
             plan: self.plan.as_deref(),
-            client_addr: &self.client_ip,
+            client_addr: self.client_ip.as_deref().unwrap_or_default(),
         };
         if let Err(e) = guard.config.rate_limits.release_in_flight(host, &who) {
             let message = match e {
@@ -210,11 +216,15 @@ impl RequestFlow {
             }
         };
         self.stage = Stage::Answered;
+        let client_address = match self.client_ip(host) {
+            Ok(ip) => ip.to_string(),
+            Err(_) => UNKNOWN_CLIENT.to_string(),
+        };
         let route = self.route.as_ref().map_or("-", |r| r.prefix.as_str());
         let labels = RequestLabels {
             route,
             subject: self.subject.as_deref(),
-            client_address: &self.client_ip,
+            client_address: &client_address,
         };
         let log = guard.config.logs(LogLevel::Info);
         if let Err(e) = response::reject(host, &guard.metrics, &rejection, &labels, log) {
@@ -226,7 +236,6 @@ impl RequestFlow {
     fn check_headers(&mut self, host: &dyn Host, guard: &Guard, end_of_stream: bool) -> Result<Action, Stop> {
         let config = &guard.config;
         let headers = strip_own_headers(host, host.request_headers()?)?;
-        self.client_ip = client_ip(host.client_address()?.as_deref());
 
         let method = header(&headers, ":method").unwrap_or_default();
         let path = header(&headers, ":path").unwrap_or_default();
@@ -304,7 +313,8 @@ impl RequestFlow {
         self.admit(host, guard, request.map_or(0, |r| r.chars))
     }
 
-    /// Checks the failed-auth bucket, then the token, and forwards the verified identity.
+    /// Verifies the token (a cached one at once; otherwise after the failed-auth bucket) and
+    /// forwards the verified identity.
     fn authenticate(&mut self, host: &dyn Host, guard: &Guard, headers: &[(String, String)]) -> Result<(), Stop> {
         let config = &guard.config;
         let auth = config
@@ -312,13 +322,6 @@ impl RequestFlow {
             .as_ref()
             .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
         let now_ms = host.now_ms()?;
-        if let Some(table) = &config.failed_auth {
-            let peek = table.peek(host, now_ms, &self.client_ip)?;
-            guard.metrics.cas_retries(host, peek.cas_retries);
-            if !peek.allowed {
-                return Err(too_many_failures(peek.retry_after_s).into());
-            }
-        }
         let token = match auth.token_from_headers(headers) {
             Ok(Some(token)) => token,
             // A request without a token costs no verification, so it is not a failure to count.
@@ -328,7 +331,21 @@ impl RequestFlow {
                 return Err(rejection.into());
             }
         };
-        let verified = auth.verify(&token, now_ms / 1000);
+        let verified = match auth.verify_cached(&token, now_ms / 1000) {
+            Cached::Hit(verified) => verified,
+            Cached::Miss(unverified) => {
+                // Only a token not verified before can cost a signature check: that is what an
+                // address with too many failures is refused before.
+                if let Some(table) = &config.failed_auth {
+                    let peek = table.peek(host, now_ms, self.client_ip(host)?)?;
+                    guard.metrics.cas_retries(host, peek.cas_retries);
+                    if !peek.allowed {
+                        return Err(too_many_failures(peek.retry_after_s).into());
+                    }
+                }
+                auth.verify_uncached(unverified)
+            }
+        };
         guard.metrics.token_cache(host, auth.cache_stats());
         let verified = match verified {
             Ok(verified) => verified,
@@ -358,9 +375,9 @@ impl RequestFlow {
         Ok(())
     }
 
-    fn charge_failed_auth(&self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
+    fn charge_failed_auth(&mut self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
         if let Some(table) = &guard.config.failed_auth {
-            let take = table.take(host, now_ms, &self.client_ip, 1)?;
+            let take = table.take(host, now_ms, self.client_ip(host)?, 1)?;
             guard.metrics.cas_retries(host, take.cas_retries);
         }
         Ok(())
@@ -369,10 +386,14 @@ impl RequestFlow {
     /// Takes the request's cost from the rate limits and lets it through, or refuses it.
     fn admit(&mut self, host: &dyn Host, guard: &Guard, chars: u64) -> Result<Action, Stop> {
         let now_ms = host.now_ms()?;
+        if self.subject.is_none() {
+            // Requests without a subject are charged to their address.
+            self.client_ip(host)?;
+        }
         let who = Identity {
             subject: self.subject.as_deref(),
             plan: self.plan.as_deref(),
-            client_addr: &self.client_ip,
+            client_addr: self.client_ip.as_deref().unwrap_or_default(),
         };
         let verdict = guard.config.rate_limits.admit(host, now_ms, &who, chars)?;
         guard.metrics.cas_retries(host, verdict.cas_retries);
@@ -397,12 +418,12 @@ impl RequestFlow {
             let bucket = verdict.refused_by.unwrap_or("unknown");
             guard.metrics.shadow_refused(host, bucket);
             if guard.config.logs(LogLevel::Info) {
+                let client = self.client_ip(host)?.to_string();
                 host.log(
                     LogLevel::Info,
                     &format!(
-                        "voxgate: shadow refusal bucket={bucket} subject={} client={}",
+                        "voxgate: shadow refusal bucket={bucket} subject={} client={client}",
                         self.subject.as_deref().unwrap_or("-"),
-                        self.client_ip
                     ),
                 );
             }
@@ -413,6 +434,15 @@ impl RequestFlow {
         guard.metrics.decision(host, ALLOWED);
         self.stage = Stage::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// The client IP, asked of Envoy once and only when needed: a request with a cached token,
+    /// charged to its subject and allowed, never needs it.
+    fn client_ip(&mut self, host: &dyn Host) -> Result<&str, HostError> {
+        if self.client_ip.is_none() {
+            self.client_ip = Some(ip_without_port(host.client_address()?.as_deref()));
+        }
+        Ok(self.client_ip.as_deref().unwrap_or(UNKNOWN_CLIENT))
     }
 }
 
@@ -441,9 +471,9 @@ fn strip_own_headers(host: &dyn Host, headers: Vec<(String, String)>) -> Result<
 
 /// The client IP without its port (`source.address` is `ip:port` or `[ipv6]:port`); the
 /// bucket key for anonymous and failed-auth limits.
-fn client_ip(address: Option<&str>) -> String {
+fn ip_without_port(address: Option<&str>) -> String {
     let Some(address) = address else {
-        return "unknown".to_string();
+        return UNKNOWN_CLIENT.to_string();
     };
     if let Some(rest) = address.strip_prefix('[') {
         if let Some((ip, _)) = rest.split_once(']') {
@@ -780,8 +810,8 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
         let sent = assert_refused(&host, &exchange, 429, "auth_failures");
         assert_eq!(sent.header("retry-after"), Some("1"));
-        let (hits, misses) = guard.config.auth.as_ref().unwrap().cache_stats();
-        assert_eq!(hits + misses, 3, "the blocked request never reached verification");
+        let checks = guard.config.auth.as_ref().unwrap().stats().signature_checks;
+        assert_eq!(checks, 3, "the blocked request never reached a signature check");
 
         *host.client_address.borrow_mut() = Some("[2001:db8::1]:443".into());
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
@@ -791,6 +821,29 @@ mod tests {
         host.advance(1_000);
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
         assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn a_cached_token_passes_an_address_blocked_for_failures_without_asking_for_the_address() {
+        let guard = guard_from(config());
+        let host = host();
+        let good = bearer(&token("alice"));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+        let forged = format!("{}x", token("mallory"));
+        for _ in 0..3 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&forged)))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("bob"))))), None);
+        assert_refused(&host, &exchange, 429, "auth_failures");
+
+        // Verified before, so it costs no signature check: the failure count does not apply,
+        // and nothing needs the client address.
+        let reads = host.client_address_reads.get();
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.client_address_reads.get(), reads);
     }
 
     #[test]

@@ -53,6 +53,21 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
+/// What the token cache knows of a token.
+pub enum Cached<'t> {
+    /// The token was verified before (or is too large to look up): the final answer.
+    Hit(Result<Verified, Rejection>),
+    /// Not in the cache: `Authenticator::verify_uncached` decides.
+    Miss(Unverified<'t>),
+}
+
+/// A token the cache did not hold, with what the lookup already computed.
+pub struct Unverified<'t> {
+    token: &'t str,
+    now_s: u64,
+    digest: cache::TokenDigest,
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthStats {
@@ -108,16 +123,33 @@ impl Authenticator {
     /// wrong with the token, 403 `insufficient_scope` for an authentic token that is not
     /// allowed here (other audience, missing scope).
     pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, Rejection> {
+        match self.verify_cached(token, now_s) {
+            Cached::Hit(result) => result,
+            Cached::Miss(unverified) => self.verify_uncached(unverified),
+        }
+    }
+
+    /// The cache alone: a token verified before needs no signature check, so the request flow
+    /// asks this first and guards only a miss (`verify_uncached`) with the failed-auth bucket.
+    pub fn verify_cached<'t>(&self, token: &'t str, now_s: u64) -> Cached<'t> {
         self.observe(now_s);
-        let settings = &self.settings;
-        if token.len() > settings.max_token_bytes {
-            return Err(reject::invalid_token("token_too_large", "the token is larger than allowed"));
+        if token.len() > self.settings.max_token_bytes {
+            return Cached::Hit(Err(reject::invalid_token(
+                "token_too_large",
+                "the token is larger than allowed",
+            )));
         }
         let digest = cache::digest(token);
-        if let Some(cached) = self.cache.get(&digest, now_s) {
-            return self.authorize(cached.provider, cached.verified);
+        match self.cache.get(&digest, now_s) {
+            Some(cached) => Cached::Hit(self.authorize(cached.provider, cached.verified)),
+            None => Cached::Miss(Unverified { token, now_s, digest }),
         }
+    }
 
+    /// Verifies a token the cache did not hold: the cheap checks, then the signature.
+    pub fn verify_uncached(&self, unverified: Unverified) -> Result<Verified, Rejection> {
+        let Unverified { token, now_s, digest } = unverified;
+        let settings = &self.settings;
         let parsed = token::parse(token)?;
         let issuer = claims::issuer(&parsed.claims)?;
         let provider_index = settings
