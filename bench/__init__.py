@@ -4,7 +4,7 @@ Run: `make bench` (all), `make bench BENCH=synthesis,throughput` (some), `QUICK=
 trial whose report says it is one. Results: bench-results/<UTC time>/report.md and report.json,
 copied to bench-results/latest/, with every process's log under logs/.
 
-Adding a benchmark (e.g. the filter's cost, a forged-token flood):
+Adding a benchmark:
 - a module here with `KEY`, `NUMBER` (its place in the report), `TITLE`, a docstring that
   starts `Benchmark N, title:` followed by its method (the report prints it), and
   `run(ctx: Context) -> Section`; list it in `BENCHMARKS` in `__main__.py`;

@@ -21,12 +21,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import first_audio, report, synthesis, throughput
+from . import filter_cost, first_audio, flood_resilience, forged_tokens, report, synthesis, throughput
 from .context import Context
 from .core import Section, method_of
 
-BENCHMARKS = {module.KEY: module for module in sorted((synthesis, throughput, first_audio),
-                                                        key=lambda m: m.NUMBER)}
+BENCHMARKS = {module.KEY: module for module in sorted(
+    (filter_cost, synthesis, throughput, first_audio, forged_tokens, flood_resilience), key=lambda m: m.NUMBER)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,9 @@ class Reply:
         return self.error is None and 200 <= self.status < 300
 
 
-def post_json(url: str, payload: dict, timeout_s: float) -> Reply:
-    """POSTs `payload`; a connection failure or timeout becomes a reply with status 0."""
+def post_json(url: str, payload: dict, timeout_s: float, headers: dict[str, str] | None = None) -> Reply:
+    """POSTs `payload` (with `headers` besides the content type); a connection failure or
+    timeout becomes a reply with status 0."""
     target = urllib.parse.urlsplit(url)
     if target.hostname not in LOOPBACK_HOSTS:
         raise ValueError(f"benchmarks only talk to loopback, not {target.hostname}")
@@ -46,7 +47,8 @@ def post_json(url: str, payload: dict, timeout_s: float) -> Reply:
     started = time.monotonic()
     connection = http.client.HTTPConnection(target.hostname, target.port, timeout=timeout_s)
     try:
-        connection.request("POST", target.path, body=body, headers={"Content-Type": "application/json"})
+        connection.request("POST", target.path, body=body,
+                           headers={"Content-Type": "application/json", **(headers or {})})
         response = connection.getresponse()
         first = response.read(1)
         first_byte_s = time.monotonic() - started

@@ -1,5 +1,5 @@
-"""A closed-loop load generator: N clients, each sending the same request again as soon as
-its previous one is answered, for a fixed time.
+"""Load generators: a closed loop (N clients, each sending the same request again as soon as
+its previous one is answered, for a fixed time) and an open loop (senders at a fixed rate).
 
 A client that is refused with 503 waits as long as `Retry-After` says (bounded), as a well-
 behaved client would, instead of hammering the server. After the time is up no client
@@ -10,8 +10,10 @@ from the start to the last answer.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -85,3 +87,31 @@ def _retry_after(reply: Reply) -> float:
         return max(float(reply.headers.get("retry-after", "1")), 0.0)
     except ValueError:
         return 1.0
+
+
+def run_open_loop(url: str, senders: list[tuple[dict, dict[str, str]]], interval_s: float, duration_s: float,
+                  request_timeout_s: float) -> list[Reply]:
+    """Each sender (a payload and its request headers) sends one request every `interval_s` for
+    `duration_s`, the senders spread evenly over the interval. Every request runs on a thread of
+    its own, so a slow answer never delays the next request (an open loop: the rate is the
+    clients', whatever the server does). Returns every reply, each with `extra["sender"]`, after
+    the last one is in (each bounded by `request_timeout_s`)."""
+    offsets = [index * interval_s / len(senders) for index in range(len(senders))]
+    start = time.monotonic() + 0.05
+    schedule = sorted((start + offset + n * interval_s, index) for index, offset in enumerate(offsets)
+                      for n in range(math.ceil((duration_s - offset) / interval_s)))
+
+    def send(index: int) -> Reply:
+        payload, headers = senders[index]
+        reply = post_json(url, payload, request_timeout_s, headers)
+        reply.extra["sender"] = index
+        return reply
+
+    # Enough threads for ten seconds' worth of requests to be in flight at once.
+    workers = max(int(len(senders) / interval_s * 10), 16)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="open-loop") as pool:
+        futures = []
+        for at, index in schedule:
+            time.sleep(max(at - time.monotonic(), 0))
+            futures.append(pool.submit(send, index))
+        return [future.result() for future in futures]

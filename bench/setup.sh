@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# Installs what `make bench` needs beyond `make setup`, idempotently: piper-tts, the reference
-# the sidecar is measured against, in its own venv (.deps/bench-venv, git-ignored) pinned by
+# Installs what `make bench` needs beyond `make setup`, idempotently: the load generator wrk
+# (Debian package) for the filter benchmarks, and piper-tts, the reference the sidecar is
+# measured against, in its own venv (.deps/bench-venv, git-ignored) pinned by
 # bench/requirements.txt, so it never mixes with the test venv. It uses the Joe voice files
 # that `make setup` put in .deps/voices.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! dpkg-query -W -f='${Status}' wrk 2>/dev/null | grep -q "install ok installed"; then
+  echo "bench: installing the Debian package wrk"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  # Through env: sudo would drop a variable set in front of it.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+command -v wrk >/dev/null || { echo "bench: wrk is not on PATH after installing it" >&2; exit 1; }
+
 venv=.deps/bench-venv
 stamp="$venv/.requirements"
 if ! cmp -s bench/requirements.txt "$stamp" 2>/dev/null; then
