@@ -60,6 +60,7 @@ token:
 bench: build
 	@bench/setup.sh
 	cargo build --release -p voxgate-sidecar --example rtf_floor
+	cargo build --release --target wasm32-wasip1 --manifest-path bench/wasm-floor/Cargo.toml --target-dir target
 	$(PYTHON) -m bench $(if $(BENCH),--only '$(BENCH)') $(if $(QUICK),--quick)
 
 clean:

@@ -9,7 +9,9 @@ the filters' alone:
   audience as the filter's `dev` provider, subject and plan forwarded as headers, the token
   removed) and `local_ratelimit` (one token bucket that never runs dry), with or without
   `jwt_cache_config` (the verified-token cache, off unless configured);
-- `voxgate`: the bootstrap as rendered, with the filter configuration each benchmark gives.
+- `voxgate`: the bootstrap as rendered, with the filter configuration each benchmark gives;
+- `wasm_floor`: the same bootstrap running an empty proxy-wasm filter (bench/wasm-floor) in
+  place of voxgate, on the same V8 runtime: what any Wasm filter costs before doing anything.
 
 The access log stays on in every subject alike (the bootstrap's JSON line per request), written
 to /dev/null: formatting it is part of every subject's cost, the disk is not.
@@ -37,6 +39,7 @@ from .context import Context
 from .processes import LOOPBACK, Server, StartError
 
 READY_TIMEOUT_S = 60.0
+WASM_FLOOR = render_envoy.REPO_ROOT / "target" / "wasm32-wasip1" / "release" / "voxgate_bench_wasm_floor.wasm"
 UPSTREAM_BODY = '{"object":"list","data":[]}'
 # Far more than any phase can spend, so `local_ratelimit` is consulted on every request and
 # never refuses one.
@@ -45,14 +48,22 @@ NATIVE_CACHE_ENTRIES = 1024
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
-def voxgate_bootstrap(filter_config: dict, upstream_port: int) -> dict:
+def voxgate_bootstrap(filter_config: dict, upstream_port: int, wasm_path: Path = render_envoy.WASM) -> dict:
     """The real bootstrap, rendered, with the upstream as its sidecar and the access log to /dev/null."""
     params = render_envoy.EnvoyParams(
         filter_config=filter_config, listen_port=0, admin_port=0, sidecar_port=upstream_port,
         # No provider fetches keys remotely here; the cluster only needs a port to point at.
-        jwks_port=upstream_port,
+        jwks_port=upstream_port, wasm_path=wasm_path,
         access_log=Path("/dev/null"))
     return yaml.safe_load(render_envoy.render(params))
+
+
+def wasm_floor_bootstrap(upstream_port: int) -> dict:
+    """The bootstrap with the empty Wasm filter (built by `make bench`) in voxgate's place."""
+    if not WASM_FLOOR.exists():
+        raise FileNotFoundError(f"{WASM_FLOOR} is missing: `make bench` builds it")
+    # The empty filter ignores its configuration; any valid one renders the bootstrap.
+    return voxgate_bootstrap(render_envoy.filter_config({"keys": []}), upstream_port, wasm_path=WASM_FLOOR)
 
 
 def router_bootstrap(upstream_port: int) -> dict:
