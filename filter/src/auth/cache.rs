@@ -1,20 +1,23 @@
 //! The per-worker cache of tokens whose signature has been verified, so an asymmetric
 //! signature is checked once per token per worker rather than once per request.
 //!
-//! Keys are SHA-256 digests of the token (the token itself is never stored). The cache
-//! holds at most `capacity` entries; when full, the oldest insertion is evicted. Proxy-wasm
-//! runs one thread per VM, so interior mutability through `RefCell` is enough.
+//! Keys are 128-bit SipHash-2-4 digests of the token under a key drawn at random for each
+//! cache (the token itself is never stored): without the key nobody can make a forged token
+//! that lands on a verified one's entry. A keyed SipHash costs a fraction of a SHA-256, and
+//! the digest is computed on every request. The cache holds at most `capacity` entries; when
+//! full, the oldest insertion is evicted. Proxy-wasm runs one thread per VM, so interior
+//! mutability through `RefCell` is enough.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
+use std::hash::Hasher;
+
+use siphasher::sip128::{Hasher128, SipHasher24};
+
 use super::Verified;
 
-pub(crate) type TokenDigest = [u8; 32];
-
-pub(crate) fn digest(token: &str) -> TokenDigest {
-    hmac_sha256::Hash::hash(token.as_bytes())
-}
+pub(crate) type TokenDigest = u128;
 
 /// A cached verification.
 #[derive(Clone)]
@@ -41,14 +44,19 @@ struct Slots {
 }
 
 pub(crate) struct TokenCache {
+    key: [u8; 16],
     slots: RefCell<Slots>,
     hits: Cell<u64>,
     misses: Cell<u64>,
 }
 
 impl TokenCache {
-    pub(crate) fn new(capacity: usize) -> Self {
-        TokenCache {
+    /// An empty cache with a fresh random key (WASI `random_get` in Envoy).
+    pub(crate) fn new(capacity: usize) -> Result<Self, String> {
+        let mut key = [0u8; 16];
+        getrandom::fill(&mut key).map_err(|e| format!("no randomness for the token cache key: {e}"))?;
+        Ok(TokenCache {
+            key,
             slots: RefCell::new(Slots {
                 capacity,
                 entries: HashMap::with_capacity(capacity.min(1024)),
@@ -57,7 +65,14 @@ impl TokenCache {
             }),
             hits: Cell::new(0),
             misses: Cell::new(0),
-        }
+        })
+    }
+
+    /// The key of `token` in this cache.
+    pub(crate) fn digest(&self, token: &str) -> TokenDigest {
+        let mut hasher = SipHasher24::new_with_key(&self.key);
+        hasher.write(token.as_bytes());
+        hasher.finish128().as_u128()
     }
 
     /// The cached verification of `digest`, if it is still valid at `now_s`. An entry past
@@ -129,48 +144,48 @@ mod tests {
 
     #[test]
     fn bounded_under_ten_times_capacity_and_evicts_oldest_first() {
-        let cache = TokenCache::new(16);
+        let cache = TokenCache::new(16).unwrap();
         for i in 0..160 {
-            cache.insert(digest(&format!("t{i}")), 100, token(&i.to_string()));
+            cache.insert(cache.digest(&format!("t{i}")), 100, token(&i.to_string()));
             assert!(cache.len() <= 16);
         }
         assert_eq!(cache.len(), 16);
-        assert!(cache.get(&digest("t143"), 0).is_none());
-        assert_eq!(cache.get(&digest("t144"), 0).unwrap().verified.subject, "144");
+        assert!(cache.get(&cache.digest("t143"), 0).is_none());
+        assert_eq!(cache.get(&cache.digest("t144"), 0).unwrap().verified.subject, "144");
         assert!(cache.slots.borrow().ring.len() <= 16);
     }
 
     #[test]
     fn expired_entries_are_dropped_and_counted_as_misses() {
-        let cache = TokenCache::new(4);
-        cache.insert(digest("a"), 100, token("a"));
-        assert!(cache.get(&digest("a"), 100).is_some());
-        assert!(cache.get(&digest("a"), 101).is_none());
+        let cache = TokenCache::new(4).unwrap();
+        cache.insert(cache.digest("a"), 100, token("a"));
+        assert!(cache.get(&cache.digest("a"), 100).is_some());
+        assert!(cache.get(&cache.digest("a"), 101).is_none());
         assert_eq!(cache.len(), 0);
         assert_eq!((cache.hits(), cache.misses()), (1, 1));
     }
 
     #[test]
     fn reinsertion_after_removal_keeps_the_ring_bounded() {
-        let cache = TokenCache::new(2);
+        let cache = TokenCache::new(2).unwrap();
         for round in 0..50 {
-            cache.insert(digest("a"), round, token("a"));
-            assert!(cache.get(&digest("a"), round + 1).is_none());
+            cache.insert(cache.digest("a"), round, token("a"));
+            assert!(cache.get(&cache.digest("a"), round + 1).is_none());
         }
-        cache.insert(digest("b"), 100, token("b"));
-        cache.insert(digest("c"), 100, token("c"));
+        cache.insert(cache.digest("b"), 100, token("b"));
+        cache.insert(cache.digest("c"), 100, token("c"));
         assert!(cache.slots.borrow().ring.len() <= 2);
-        assert!(cache.get(&digest("b"), 0).is_some());
-        assert!(cache.get(&digest("c"), 0).is_some());
+        assert!(cache.get(&cache.digest("b"), 0).is_some());
+        assert!(cache.get(&cache.digest("c"), 0).is_some());
     }
 
     #[test]
     fn forgetting_a_provider_keeps_the_others() {
-        let cache = TokenCache::new(4);
-        cache.insert(digest("a"), 100, token("a"));
-        cache.insert(digest("b"), 100, CachedToken { provider: 1, ..token("b") });
+        let cache = TokenCache::new(4).unwrap();
+        cache.insert(cache.digest("a"), 100, token("a"));
+        cache.insert(cache.digest("b"), 100, CachedToken { provider: 1, ..token("b") });
         cache.forget_provider(0);
-        assert!(cache.get(&digest("a"), 0).is_none());
-        assert!(cache.get(&digest("b"), 0).is_some());
+        assert!(cache.get(&cache.digest("a"), 0).is_none());
+        assert!(cache.get(&cache.digest("b"), 0).is_some());
     }
 }

@@ -195,7 +195,7 @@ impl AuthConfig {
             }
         }
 
-        Ok(Authenticator::new(super::Settings {
+        Authenticator::new(super::Settings {
             providers,
             token_header: (token_header != super::extract::AUTHORIZATION).then_some(token_header),
             clock_skew_s: self.clock_skew_seconds,
@@ -206,7 +206,8 @@ impl AuthConfig {
             cache_ttl_s: self.cache_ttl_seconds,
             max_token_bytes: self.max_token_bytes,
             failed_auth: self.failed_auth,
-        }))
+        })
+        .map_err(|message| err("cache_entries", &message))
     }
 }
 

@@ -104,13 +104,14 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub(crate) fn new(settings: Settings) -> Self {
-        Authenticator {
-            cache: TokenCache::new(settings.cache_entries),
+    /// Fails only without a source of randomness for the token cache's key.
+    pub(crate) fn new(settings: Settings) -> Result<Self, String> {
+        Ok(Authenticator {
+            cache: TokenCache::new(settings.cache_entries)?,
             settings,
             signature_checks: Cell::new(0),
             observed_now_s: Cell::new(0),
-        }
+        })
     }
 
     /// The request's token: `Ok(None)` without one (answer with `token_missing()`), a 401 for a
@@ -139,7 +140,7 @@ impl Authenticator {
                 "the token is larger than allowed",
             )));
         }
-        let digest = cache::digest(token);
+        let digest = self.cache.digest(token);
         match self.cache.get(&digest, now_s) {
             Some(cached) => Cached::Hit(self.authorize(cached.provider, cached.verified)),
             None => Cached::Miss(Unverified { token, now_s, digest }),
