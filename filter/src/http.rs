@@ -371,7 +371,7 @@ impl RequestFlow {
             .get(plan_claim)
             .and_then(|v| v.as_str())
             .map(str::to_string);
-        self.subject = Some(verified.subject);
+        self.subject = Some(verified.subject.clone());
         Ok(())
     }
 

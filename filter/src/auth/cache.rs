@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 
 use std::hash::Hasher;
+use std::rc::Rc;
 
 use siphasher::sip128::{Hasher128, SipHasher24};
 
@@ -24,7 +25,8 @@ pub(crate) type TokenDigest = u128;
 pub(crate) struct CachedToken {
     /// Index of the provider whose key verified the token.
     pub provider: usize,
-    pub verified: Verified,
+    /// Shared with the requests that use it: a cache hit copies no claims.
+    pub verified: Rc<Verified>,
 }
 
 struct Entry {
@@ -133,12 +135,12 @@ mod tests {
     fn token(subject: &str) -> CachedToken {
         CachedToken {
             provider: 0,
-            verified: Verified {
+            verified: Rc::new(Verified {
                 subject: subject.to_string(),
                 issuer: "iss".to_string(),
                 expires_at: 100,
                 claims: Map::new(),
-            },
+            }),
         }
     }
 

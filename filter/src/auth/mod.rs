@@ -26,6 +26,7 @@ pub(crate) mod test_keys;
 mod tests;
 
 use std::cell::Cell;
+use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
@@ -56,7 +57,7 @@ pub struct Verified {
 /// What the token cache knows of a token.
 pub enum Cached<'t> {
     /// The token was verified before (or is too large to look up): the final answer.
-    Hit(Result<Verified, Rejection>),
+    Hit(Result<Rc<Verified>, Rejection>),
     /// Not in the cache: `Authenticator::verify_uncached` decides.
     Miss(Unverified<'t>),
 }
@@ -123,7 +124,7 @@ impl Authenticator {
     /// Verifies a token at `now_s` (seconds since the epoch): 401 `invalid_token` for anything
     /// wrong with the token, 403 `insufficient_scope` for an authentic token that is not
     /// allowed here (other audience, missing scope).
-    pub fn verify(&self, token: &str, now_s: u64) -> Result<Verified, Rejection> {
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<Rc<Verified>, Rejection> {
         match self.verify_cached(token, now_s) {
             Cached::Hit(result) => result,
             Cached::Miss(unverified) => self.verify_uncached(unverified),
@@ -148,7 +149,7 @@ impl Authenticator {
     }
 
     /// Verifies a token the cache did not hold: the cheap checks, then the signature.
-    pub fn verify_uncached(&self, unverified: Unverified) -> Result<Verified, Rejection> {
+    pub fn verify_uncached(&self, unverified: Unverified) -> Result<Rc<Verified>, Rejection> {
         let Unverified { token, now_s, digest } = unverified;
         let settings = &self.settings;
         let parsed = token::parse(token)?;
@@ -177,22 +178,22 @@ impl Authenticator {
         self.signature_checks.set(self.signature_checks.get() + 1);
         verify::check_signature(&candidates, token, now_s, settings.clock_skew_s, settings.max_token_bytes)?;
 
-        let verified = Verified {
+        let verified = Rc::new(Verified {
             subject,
             issuer: provider.issuer.clone(),
             expires_at: expires_at.unwrap_or(u64::MAX),
             claims: parsed.claims,
-        };
+        });
         let valid_until_s = match expires_at {
             Some(exp) => exp.saturating_add(settings.clock_skew_s),
             None => now_s.saturating_add(settings.cache_ttl_s),
         };
-        self.cache.insert(digest, valid_until_s, CachedToken { provider: provider_index, verified: verified.clone() });
+        self.cache.insert(digest, valid_until_s, CachedToken { provider: provider_index, verified: Rc::clone(&verified) });
         self.authorize(provider_index, verified)
     }
 
     /// Audience and scopes, judged on every use of an authentic token (cached or not).
-    fn authorize(&self, provider: usize, verified: Verified) -> Result<Verified, Rejection> {
+    fn authorize(&self, provider: usize, verified: Rc<Verified>) -> Result<Rc<Verified>, Rejection> {
         claims::check_audience(&verified.claims, &self.settings.providers[provider].audiences)?;
         claims::check_scopes(&verified.claims, &self.settings.required_scopes, &self.settings.required_scopes_text)?;
         Ok(verified)

@@ -1,6 +1,8 @@
 //! Behaviour of the `Authenticator` as the pipeline sees it: real keys, real signatures,
 //! every refusal code, the cache and JWKS rotation.
 
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 
 use super::test_keys::*;
@@ -20,7 +22,7 @@ fn authenticator(keys: Vec<Value>) -> Authenticator {
     compile(json!({"providers": [provider("dev", ISSUER, keys)], "required_scopes": ["tts"]})).expect("valid config")
 }
 
-fn refusal(result: Result<Verified, Rejection>) -> Rejection {
+fn refusal(result: Result<Rc<Verified>, Rejection>) -> Rejection {
     match result {
         Ok(v) => panic!("expected a refusal, got a verified token for {}", v.subject),
         Err(r) => r,
@@ -36,7 +38,7 @@ fn challenge(rejection: &Rejection) -> &str {
         .expect("a WWW-Authenticate challenge")
 }
 
-fn assert_refused(result: Result<Verified, Rejection>, status: u16, code: &str) -> Rejection {
+fn assert_refused(result: Result<Rc<Verified>, Rejection>, status: u16, code: &str) -> Rejection {
     let rejection = refusal(result);
     assert_eq!((rejection.status, rejection.code), (status, code), "{}", rejection.message);
     rejection
