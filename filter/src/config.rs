@@ -199,6 +199,15 @@ fn parse_error(path: &str, error: &serde_json::Error) -> ConfigError {
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
+    if named == Some("") {
+        // A member named "": its path segment is empty, so name it `""`.
+        let parent = path.strip_suffix('.').unwrap_or(path);
+        let field = match parent {
+            "" | "." => "\"\"".to_string(),
+            parent => format!("{parent}.\"\""),
+        };
+        return ConfigError::new(field, message);
+    }
     let already_named = |name: &str| path == name || path.ends_with(&format!(".{name}"));
     let field = match (path, named) {
         (".", Some(name)) => name.to_string(),
@@ -258,6 +267,8 @@ mod tests {
         };
         let cases = [
             (with(&["frobnicate"], json!(1)), "frobnicate"),
+            (with(&[""], json!(1)), "\"\""),
+            (with(&["routes", "0", ""], json!(1)), "routes[0].\"\""),
             (with(&["forward_token"], json!("yes")), "forward_token"),
             (with(&["log_level"], json!("loud")), "log_level"),
             (with(&["routes", "0", "prefix"], json!(7)), "routes[0].prefix"),
