@@ -657,6 +657,9 @@ def _route_cases() -> list[Case]:
         method("options_on_speech", "OPTIONS", SPEECH),
         method("trace_on_models", "TRACE", MODELS),
         method("post_on_models", "POST", MODELS),
+        refused("route", "models_get_with_a_body",
+                lambda k: request_bytes("GET", MODELS, [HOST, bearer(k.token()), JSON], b'{"input": "x"}'),
+                400, "unexpected_body"),
         refused("route", "method_head_on_speech", lambda k: request_bytes("HEAD", SPEECH, [HOST, bearer(k.token())]),
                 405, None, head=True),
         # CONNECT names an authority, not a path: no route serves it.

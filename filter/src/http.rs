@@ -248,6 +248,10 @@ impl RequestFlow {
         }
 
         if !route.is_speech() {
+            if !end_of_stream {
+                // Metadata routes read no body: it would reach the sidecar unchecked.
+                return Err(unexpected_body(method).into());
+            }
             return self.admit(host, guard, 0);
         }
         if route.api == Api::CoquiTts {
@@ -256,7 +260,7 @@ impl RequestFlow {
         if method == "GET" {
             if !end_of_stream {
                 // The sidecar would fill parameters missing from the query from a body.
-                return Err(Rejection::new(400, "unexpected_body", "a GET request carries no body").into());
+                return Err(unexpected_body(method).into());
             }
             let request = config.text.validate_query(route.api, routes::query(path))?;
             return self.admit(host, guard, request.map_or(0, |r| r.chars));
@@ -484,6 +488,11 @@ fn ip_without_port(address: Option<&str>) -> String {
         Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip.to_string(),
         _ => address.to_string(),
     }
+}
+
+/// 400 for a body on a request that takes none.
+fn unexpected_body(method: &str) -> Rejection {
+    Rejection::new(400, "unexpected_body", format!("a {method} request on this route carries no body"))
 }
 
 /// 429 for an address whose failed authentications emptied its bucket.
@@ -1067,7 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn coqui_get_with_a_body_is_refused() {
+    fn get_with_a_body_is_refused() {
         let guard = guard_from(config());
         let host = host();
         let auth = bearer(&token("kim"));
@@ -1077,6 +1086,11 @@ mod tests {
             &refs(&get("/api/tts?text=Hi", Some(&auth))),
             Some(b"voice=other"),
         );
+        assert_refused(&host, &exchange, 400, "unexpected_body");
+
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&auth))), Some(b"{}"));
+        assert_refused(&host, &exchange, 400, "unexpected_body");
+        let exchange = send(&guard, &host, &refs(&get("/healthz", None)), Some(b"x"));
         assert_refused(&host, &exchange, 400, "unexpected_body");
     }
 
