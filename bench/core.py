@@ -127,6 +127,13 @@ def method_of(doc: str) -> str:
     return method[:1].upper() + method[1:]
 
 
+def turns(subjects: Sequence[str], round_index: int) -> list[str]:
+    """The order the subjects take turns in during round `round_index`: each round starts with
+    the next one, so none always runs first (on a cold cache) or last (after the others' load)."""
+    start = round_index % len(subjects)
+    return [*subjects[start:], *subjects[:start]]
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """Linear-interpolated percentile (`fraction` in [0, 1]); NaN for no values."""
     ordered = sorted(values)

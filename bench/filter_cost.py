@@ -21,7 +21,7 @@ from tools import devkeys, devtoken, render_envoy
 
 from . import wrk
 from .context import Context
-from .core import Figure, Section, Table, Target, method_of
+from .core import Figure, Section, Table, Target, method_of, turns
 from .envoys import (Envoy, native_bootstrap, router_bootstrap, start_upstream, voxgate_bootstrap,
                      wasm_floor_bootstrap)
 
@@ -90,7 +90,7 @@ def run(ctx: Context) -> Section:
 
         for index in range(rounds):
             ctx.say(f"filter cost: round {index + 1}/{rounds}")
-            for name in order[index % len(order):] + order[:index % len(order)]:
+            for name in turns(order, index):
                 front = fronts[name]
                 cpu_before = front.cpu_seconds()
                 result = wrk.run(ctx, name, front.url(PATH), phase_s, connections=CONNECTIONS, headers=headers)

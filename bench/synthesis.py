@@ -14,7 +14,7 @@ from __future__ import annotations
 from contextlib import ExitStack
 
 from .context import Context
-from .core import Figure, Section, Table, Target, method_of
+from .core import Figure, Section, Table, Target, method_of, turns
 from .http_client import audio_seconds, post_json
 from .subjects import sidecar_payload, start_floor, start_piper_api, start_sidecar
 from .texts import PARAGRAPH
@@ -55,7 +55,7 @@ def run(ctx: Context) -> Section:
         results: dict[str, list[dict]] = {name: [] for name in order}
         for index in range(rounds):
             ctx.say(f"synthesis: round {index + 1}/{rounds}")
-            for name in order[index % len(order):] + order[:index % len(order)]:
+            for name in turns(order, index):
                 process, one_round = subjects[name]
                 cpu_before = process.cpu_seconds()
                 result = one_round()
