@@ -335,7 +335,10 @@ impl RequestFlow {
                 return Err(rejection.into());
             }
         };
-        let verified = match auth.verify_cached(&token, now_ms / 1000) {
+        let cached = auth.verify_cached(&token, now_ms / 1000);
+        // Exported before any early return, so every lookup is counted once.
+        guard.metrics.token_cache(host, auth.cache_stats());
+        let verified = match cached {
             Cached::Hit(verified) => verified,
             Cached::Miss(unverified) => {
                 // Only a token not verified before can cost a signature check: that is what an
@@ -350,7 +353,6 @@ impl RequestFlow {
                 auth.verify_uncached(unverified)
             }
         };
-        guard.metrics.token_cache(host, auth.cache_stats());
         let verified = match verified {
             Ok(verified) => verified,
             Err(rejection) => {
@@ -819,8 +821,13 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
         let sent = assert_refused(&host, &exchange, 429, "auth_failures");
         assert_eq!(sent.header("retry-after"), Some("1"));
-        let checks = guard.config.auth.as_ref().unwrap().stats().signature_checks;
-        assert_eq!(checks, 3, "the blocked request never reached a signature check");
+        let stats = guard.config.auth.as_ref().unwrap().stats();
+        assert_eq!(stats.signature_checks, 3, "the blocked request never reached a signature check");
+        assert_eq!(
+            host.counter("voxgate.token_cache.miss"),
+            stats.cache_misses,
+            "the blocked request's cache lookup is counted too"
+        );
 
         *host.client_address.borrow_mut() = Some("[2001:db8::1]:443".into());
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
