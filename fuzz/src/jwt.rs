@@ -5,9 +5,13 @@
 //! The RSA, EC and Ed25519 keys are public keys whose private halves were discarded: no
 //! token signed by them can exist, so the filter accepting one would be a forgery.
 
+use std::rc::Rc;
+
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder, Encoder};
 use serde_json::{json, Value};
-use voxgate_filter::auth::{AuthConfig, Authenticator};
+use voxgate_filter::auth::{AuthConfig, Authenticator, Verified};
+
+use crate::oracle;
 
 /// Secrets of the inline `oct` keys (fuzzing only; they protect nothing).
 pub const DEV_SECRET: &[u8] = b"voxgate fuzzing secret, dev provider, 32+ bytes";
@@ -94,4 +98,38 @@ pub fn is_genuine_hs256(token: &str, secrets: &[&[u8]]) -> bool {
         && secrets.iter().any(|secret| {
             hmac_sha256::HMAC::mac(signing_input.as_bytes(), secret) == signature.as_slice()
         })
+}
+
+/// Verifies `token` at `now_s` and judges the answer: a refusal is a well-formed 401/403 that
+/// does not echo the token; an accepted token carries a genuine HMAC by a configured secret,
+/// names its subject and a configured issuer, is not expired, forwards only safe headers, and
+/// verifies again the same way from the cache. Returns the accepted identity.
+pub fn check_verification(
+    authenticator: &Authenticator,
+    token: &str,
+    now_s: u64,
+) -> Option<Rc<Verified>> {
+    let verified = match authenticator.verify(token, now_s) {
+        Ok(verified) => verified,
+        Err(rejection) => {
+            oracle::check_auth_rejection(&rejection, &[token]);
+            return None;
+        }
+    };
+    assert!(
+        is_genuine_hs256(token, &[DEV_SECRET, LAX_SECRET]),
+        "accepted a token without a valid signature by a configured key"
+    );
+    assert!(!verified.subject.is_empty());
+    assert!([DEV_ISSUER, LAX_ISSUER].contains(&verified.issuer.as_str()));
+    assert!(
+        now_s <= verified.expires_at.saturating_add(CLOCK_SKEW_S),
+        "accepted an expired token"
+    );
+    oracle::check_forwarded(&authenticator.forwarded_headers(&verified));
+    let again = authenticator
+        .verify(token, now_s)
+        .expect("a verified token verifies again from the cache");
+    assert_eq!(again, verified);
+    Some(verified)
 }
