@@ -15,6 +15,9 @@ cargo +"$toolchain" fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz -
 
 build_start=$SECONDS
 cargo +"$toolchain" fuzz build --fuzz-dir fuzz
+# The sidecar targets phonemize through the real phonemizer process, as the service does.
+cargo build --release -p voxgate-sidecar --bin voxgate-phonemizer
+export VOXGATE_PHONEMIZER="$PWD/target/release/voxgate-phonemizer"
 echo "fuzz: targets built in $((SECONDS - build_start)) s"
 
 targets=${FUZZ_TARGETS:-$(cargo +"$toolchain" fuzz list --fuzz-dir fuzz)}

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::phonemize::{self, PhonemizerSettings};
+
 /// Every setting can be given as a flag or as the environment variable named beside it.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -75,6 +77,25 @@ pub struct Config {
     #[arg(long, env = "VOXGATE_SIDECAR_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u64,
 
+    /// The `voxgate-phonemizer` executable that runs espeak-ng outside the service
+    /// [default: the one beside this executable].
+    #[arg(long, env = "VOXGATE_PHONEMIZER")]
+    pub phonemizer: Option<PathBuf>,
+
+    /// Phonemizer processes, i.e. texts phonemized at the same time [default: the number of
+    /// workers].
+    #[arg(long, env = "VOXGATE_SIDECAR_PHONEMIZERS")]
+    pub phonemizers: Option<NonZeroUsize>,
+
+    /// Longest wait for a phonemizer's answer, in milliseconds; a phonemizer that takes longer
+    /// is killed and replaced, and its request fails.
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_PHONEMIZER_TIMEOUT_MS",
+        default_value = "10000"
+    )]
+    pub phonemizer_timeout_ms: NonZeroU64,
+
     /// Log filter in `tracing` syntax, e.g. `info` or `voxgate_sidecar=debug,info`.
     #[arg(long, env = "VOXGATE_SIDECAR_LOG", default_value = "info")]
     pub log: String,
@@ -99,6 +120,19 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms.get())
+    }
+
+    pub fn phonemizer_settings(&self) -> PhonemizerSettings {
+        PhonemizerSettings {
+            program: self
+                .phonemizer
+                .clone()
+                .unwrap_or_else(phonemize::default_program),
+            processes: self
+                .phonemizers
+                .unwrap_or_else(|| NonZeroUsize::new(self.workers()).unwrap_or(NonZeroUsize::MIN)),
+            timeout: Duration::from_millis(self.phonemizer_timeout_ms.get()),
+        }
     }
 
     pub fn sentence_gap(&self) -> Duration {
@@ -167,14 +201,44 @@ mod tests {
         // The filter's `text.max_body_bytes` default (filter/src/validate/mod.rs): equal defaults
         // keep the filter the only place that refuses a body for its size.
         const FILTER_DEFAULT_MAX_BODY_BYTES: usize = 65_536;
-        assert_eq!(parse(&[]).max_body_bytes.get(), FILTER_DEFAULT_MAX_BODY_BYTES);
-        assert_eq!(parse(&["--max-body-bytes", "1048576"]).max_body_bytes.get(), 1 << 20);
+        assert_eq!(
+            parse(&[]).max_body_bytes.get(),
+            FILTER_DEFAULT_MAX_BODY_BYTES
+        );
+        assert_eq!(
+            parse(&["--max-body-bytes", "1048576"]).max_body_bytes.get(),
+            1 << 20
+        );
     }
 
     #[test]
     fn sessions_follow_workers_by_default() {
         let config = parse(&["--workers", "3", "--intra-op-threads", "1"]);
         assert_eq!(config.sessions_per_voice(), 3);
+    }
+
+    #[test]
+    fn one_phonemizer_per_worker_by_default() {
+        let settings = parse(&["--workers", "3"]).phonemizer_settings();
+        assert_eq!(settings.processes.get(), 3);
+        assert_eq!(settings.timeout, Duration::from_secs(10));
+        let settings = parse(&[
+            "--workers",
+            "3",
+            "--phonemizers",
+            "1",
+            "--phonemizer",
+            "/opt/voxgate/voxgate-phonemizer",
+            "--phonemizer-timeout-ms",
+            "250",
+        ])
+        .phonemizer_settings();
+        assert_eq!(settings.processes.get(), 1);
+        assert_eq!(
+            settings.program,
+            PathBuf::from("/opt/voxgate/voxgate-phonemizer")
+        );
+        assert_eq!(settings.timeout, Duration::from_millis(250));
     }
 
     #[test]
@@ -185,6 +249,8 @@ mod tests {
             "--max-input-chars",
             "--max-body-bytes",
             "--request-timeout-ms",
+            "--phonemizers",
+            "--phonemizer-timeout-ms",
         ] {
             let result =
                 Config::try_parse_from(["voxgate-sidecar", "--voices-dir", "/v", flag, "0"]);

@@ -1,6 +1,7 @@
 //! voxgate sidecar: text-to-speech for Piper and Coqui VITS voices on ONNX Runtime.
 //!
-//! Synthesis path: text → sentences → espeak-ng phonemes → token ids → ONNX → samples.
+//! Synthesis path: text → sentences → espeak-ng phonemes (in `voxgate-phonemizer` child
+//! processes) → token ids → ONNX → samples.
 //! The HTTP layer (`api`) admits requests through a bounded queue and runs inference
 //! off the async runtime.
 pub mod phonemize;

@@ -18,6 +18,7 @@ use voxgate_sidecar::admission::Admission;
 use voxgate_sidecar::api::{self, AppState, Limits, LoadedVoices};
 use voxgate_sidecar::config::Config;
 use voxgate_sidecar::metrics;
+use voxgate_sidecar::phonemize;
 use voxgate_sidecar::voice::{EngineOptions, VoiceCatalog};
 
 /// How often histogram samples are folded into the exporter's buckets.
@@ -71,6 +72,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sentence_gap: config.sentence_gap(),
         retry_after_secs: config.retry_after_secs,
     };
+    let phonemizer = config.phonemizer_settings();
+    phonemize::configure(phonemizer.clone());
     let admission = Admission::new(config.workers(), config.max_queue);
     let state = AppState::new(limits, admission, metrics.clone());
     info!(
@@ -79,6 +82,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sessions_per_voice = config.sessions_per_voice(),
         intra_op_threads = config.intra_op_threads.get(),
         max_queue = config.max_queue,
+        phonemizer = %phonemizer.program.display(),
+        phonemizers = phonemizer.processes.get(),
         "listening; loading voices"
     );
 

@@ -20,6 +20,7 @@ pub const QUEUE_DEPTH: &str = "voxgate_sidecar_queue_depth";
 pub const IN_FLIGHT: &str = "voxgate_sidecar_in_flight";
 pub const VOICES: &str = "voxgate_sidecar_voices";
 pub const READY: &str = "voxgate_sidecar_ready";
+pub const PHONEMIZERS_REPLACED: &str = "voxgate_sidecar_phonemizers_replaced_total";
 
 const SYNTHESIS_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const AUDIO_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -93,6 +94,10 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Requests waiting for a synthesis worker.");
     describe_gauge!(IN_FLIGHT, "Syntheses holding a worker.");
     describe_gauge!(VOICES, "Voices loaded.");
+    describe_counter!(
+        PHONEMIZERS_REPLACED,
+        "Phonemizer processes killed and replaced, by reason (died, garbled, timed_out)."
+    );
     describe_gauge!(
         READY,
         "1 once the voices are loaded and the service accepts speech requests."
@@ -154,4 +159,8 @@ pub fn voices_loaded(count: usize) {
 
 pub fn mark_not_ready() {
     gauge!(READY).set(0.0);
+}
+
+pub fn phonemizer_replaced(reason: &'static str) {
+    counter!(PHONEMIZERS_REPLACED, "reason" => reason).increment(1);
 }

@@ -16,6 +16,7 @@ use super::errors::ApiError;
 use super::state::AppState;
 use super::synthesis::{self, Chunk, JobError, SynthesisJob, TextDigest};
 use crate::audio::{self, AudioFormat};
+use crate::phonemize::PhonemizeError;
 use crate::text::split_sentences;
 use crate::voice::{SynthesisError, SynthesisOptions, Voice};
 
@@ -200,6 +201,12 @@ fn job_error(error: JobError) -> ApiError {
         JobError::Synthesis(SynthesisError::SpeakerOutOfRange { .. }) => ApiError::invalid(
             "unknown_speaker",
             "the speaker is out of range for this voice",
+        ),
+        JobError::Synthesis(SynthesisError::Phonemize(
+            PhonemizeError::WorkerDied { .. } | PhonemizeError::WorkerTimedOut(_),
+        )) => ApiError::internal(
+            "phonemizer_failed",
+            "the phonemizer failed on this text and was replaced; see the service log",
         ),
         JobError::Synthesis(_) => {
             ApiError::internal("synthesis_failed", "synthesis failed; see the service log")

@@ -1,4 +1,8 @@
-//! Text → IPA phonemes through libespeak-ng, safe to call from many threads.
+//! espeak-ng inside this process: text → IPA phonemes, one call at a time.
+//!
+//! Only the phonemizer worker (`voxgate-phonemizer`) runs this: libespeak-ng 1.51 has memory
+//! defects that some texts reach (see `super`), so the service keeps it out of its own address
+//! space.
 //!
 //! espeak-ng keeps global state (the selected voice, a static output buffer and a
 //! character it has read ahead), so every call runs under one process-wide lock,
@@ -16,20 +20,14 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
+use super::PhonemizeError;
+
 /// Characters that end a clause and are kept in the phoneme string.
 const CLAUSE_PUNCTUATION: &[char] = &['.', ',', '!', '?', ';', ':', '…'];
 
 /// Characters that may follow a clause's punctuation without belonging to the next
 /// clause: closing quotes and brackets (`"Hi." Then`).
 const CLAUSE_CLOSERS: &[char] = &['"', '\'', '”', '’', '»', ')', ']', '}'];
-
-#[derive(Debug, thiserror::Error)]
-pub enum PhonemizeError {
-    #[error("espeak-ng could not be initialized (is espeak-ng-data installed?)")]
-    Unavailable,
-    #[error("espeak-ng has no voice named {0:?}")]
-    UnknownVoice(String),
-}
 
 /// Phonemizes `text` with the espeak-ng voice `voice` (e.g. `en-us`), keeping clause
 /// punctuation. Clauses are separated by a single space.
