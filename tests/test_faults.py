@@ -8,6 +8,9 @@
   (`upstream_rq_pending_overflow`, a JSON `upstream_unavailable`) and the sidecar never sees it;
   nothing waits without bound.
 - A sidecar slower than the route timeout: Envoy's 504, as JSON `upstream_timeout`.
+- A phonemizer process (espeak-ng) that dies or hangs: the request that met a dead one is
+  answered by a fresh process, the one that met a hung one gets a JSON 500 `phonemizer_failed`
+  after the phonemizer timeout, the process is replaced and counted, the sidecar keeps serving.
 - A JWKS endpoint that serves garbage, never answers, or is down: the last good keys keep
   working, every failed fetch is counted in `voxgate_jwks_fetch{result="failed"}` (and logged
   once), and a rotated key set is picked up once the endpoint is back.
@@ -24,7 +27,9 @@ killing or saturating them leaves the session's sidecar alone.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -331,6 +336,74 @@ def test_a_sidecar_slower_than_the_route_timeout_gets_envoys_json_504(stack):
     assert envoy_error(outcome) == {"type": "server_error", "code": "upstream_timeout",
                                     "message": "upstream request timeout"}, outcome.body
     assert outcome.elapsed < FAST_S
+
+
+PHONEMIZER_TIMEOUT_MS = 1000
+
+
+def phonemizer_processes(sidecar: Sidecar) -> list[int]:
+    """Pids of the sidecar's live phonemizer processes (its children running voxgate-phonemizer)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            exe = (entry / "exe").resolve().name
+        except OSError:
+            continue
+        state, parent = stat[stat.rindex(")") + 2:].split()[:2]
+        if int(parent) == sidecar.proc.pid and state != "Z" and exe == "voxgate-phonemizer":
+            pids.append(int(entry.name))
+    return pids
+
+
+def replaced(sidecar: Sidecar, reason: str) -> float:
+    found = sidecar.metrics().find("voxgate_sidecar_phonemizers_replaced_total", reason=reason)
+    return sum(s.value for s in found)
+
+
+def test_a_phonemizer_that_dies_or_hangs_costs_one_request_not_the_sidecar(stack):
+    """espeak-ng runs in the sidecar's phonemizer processes because some texts reach its memory
+    defects; here the process is killed (as a crash would end it) and then stopped (as a hang
+    would leave it), under Envoy."""
+    sidecar = spare_sidecar(stack, "fault-phonemizer", VOXGATE_SIDECAR_PHONEMIZERS="1",
+                            VOXGATE_SIDECAR_PHONEMIZER_TIMEOUT_MS=str(PHONEMIZER_TIMEOUT_MS)).start()
+    envoy = Envoy(stack.root / "fault-phonemizer-envoy", roomy_config(stack), sidecar_port=sidecar.port,
+                  jwks_port=stack.jwks_server.port)
+    try:
+        envoy.start()
+        headers = speech_headers(stack)
+        assert post_speech(envoy.url, headers, SHORT_TEXT).status == 200
+        [killed] = phonemizer_processes(sidecar)
+        os.kill(killed, signal.SIGKILL)
+        procs.wait_until(lambda: killed not in phonemizer_processes(sidecar), "the killed phonemizer to go",
+                         sidecar.proc, sidecar.log_path, 10)
+
+        after_kill = post_speech(envoy.url, headers, SHORT_TEXT)
+        assert after_kill.status == 200 and after_kill.body[:4] == b"RIFF", after_kill.body[:200]
+        assert replaced(sidecar, "died") == 1
+        [stuck] = phonemizer_processes(sidecar)
+        assert stuck != killed
+        os.kill(stuck, signal.SIGSTOP)
+
+        hung = post_speech(envoy.url, headers, SHORT_TEXT)
+        assert hung.status == 500, (hung.status, hung.body[:200])
+        assert envoy_error(hung)["code"] == "phonemizer_failed", hung.body
+        assert PHONEMIZER_TIMEOUT_MS / 1000 <= hung.elapsed < FAST_S
+        assert replaced(sidecar, "timed_out") == 1
+        assert stuck not in phonemizer_processes(sidecar), "the stuck phonemizer is killed and reaped"
+
+        recovered = post_speech(envoy.url, headers, SHORT_TEXT)
+        assert recovered.status == 200 and recovered.body[:4] == b"RIFF"
+        assert sidecar.running
+        log = sidecar.log_text()
+    finally:
+        envoy.stop()
+        sidecar.stop()
+    assert f'phonemizer process replaced pid={killed} reason="died" status=signal 9' in log
+    assert f'phonemizer process replaced pid={stuck} reason="timed_out" status=signal 9' in log
+    assert MARKER not in log, "the log carries the request's text"
 
 
 class FlakyIdentityProvider:
