@@ -121,6 +121,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;
+    // Reaped here rather than left to exit on their closed pipes: the service's own exit
+    // leaves no phonemizer behind, even where nothing reaps orphans.
+    let stopped = phonemize::phonemizer().stop_idle_processes();
+    info!(stopped, "phonemizer processes stopped");
 
     let load_failure = load_failed_rx.borrow_and_update().clone();
     match load_failure {

@@ -827,4 +827,13 @@ fn graceful_shutdown_finishes_the_request_in_flight() {
         sidecar.log()
     );
     assert!(sidecar.log().contains("shutting down"));
+    assert!(
+        !sidecar.log().contains("phonemizer process replaced"),
+        "the phonemizers survive the group's SIGTERM until the sidecar is done:\n{}",
+        sidecar.log()
+    );
+    assert!(
+        sidecar.group_ends_within(Duration::from_secs(5)),
+        "a phonemizer process outlived the sidecar"
+    );
 }

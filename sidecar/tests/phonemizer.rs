@@ -2,8 +2,8 @@
 //! phonemizes as espeak-ng does, in parallel, and a process that is killed, stopped or missing
 //! costs at most the request that met it, never the caller.
 //!
-//! Each test runs its own copy of the program, so it finds its own processes (children of
-//! this test process running that copy) while the other tests run beside it.
+//! Each test runs the program under its own name (a hard link), so it finds its own processes
+//! (children of this test process running that name) while the other tests run beside it.
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use voxgate_sidecar::phonemize::{PhonemizeError, Phonemizer, PhonemizerSettings}
 const HELLO: &str = "Hello world. This is a test!";
 const HELLO_PHONEMES: &str = "həlˈoʊ wˈɜːld. ðɪs ɪz ɐ tˈɛst!";
 
-/// A private copy of the phonemizer, and a pool of `processes` running it.
+/// The phonemizer under a private name, and a pool of `processes` running it.
 struct Pool {
     phonemizer: Option<Phonemizer>,
     program: PathBuf,
@@ -23,9 +23,11 @@ struct Pool {
 
 impl Pool {
     fn new(processes: usize, timeout: Duration) -> Pool {
-        let folder = tempfile::tempdir().unwrap();
+        // A hard link, not a copy: a copy is written through a file descriptor that a process
+        // forked meanwhile by another test inherits, and exec then fails with ETXTBSY.
+        let folder = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let program = folder.path().join("voxgate-phonemizer");
-        std::fs::copy(env!("CARGO_BIN_EXE_voxgate-phonemizer"), &program).unwrap();
+        std::fs::hard_link(env!("CARGO_BIN_EXE_voxgate-phonemizer"), &program).unwrap();
         let phonemizer = Phonemizer::new(PhonemizerSettings {
             program: program.clone(),
             processes: NonZeroUsize::new(processes).unwrap(),

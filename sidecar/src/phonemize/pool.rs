@@ -103,6 +103,13 @@ impl Phonemizer {
         .map(drop)
     }
 
+    /// Ends every process not in use (killing and reaping it) and returns how many there
+    /// were; a later request starts new ones.
+    pub fn stop_idle_processes(&self) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.iter_mut().filter_map(Option::take).count()
+    }
+
     fn ask(&self, request: &Request) -> Result<String, PhonemizeError> {
         let mut line = serde_json::to_vec(request).expect("a request of two strings serializes");
         line.push(b'\n');

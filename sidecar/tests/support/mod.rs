@@ -5,6 +5,7 @@
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -115,7 +116,8 @@ impl Sidecar {
             .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log handle"))
-            .stderr(log_file);
+            .stderr(log_file)
+            .process_group(0);
         let child = command.spawn().expect("start voxgate-sidecar");
         Sidecar {
             child,
@@ -172,10 +174,12 @@ impl Sidecar {
         get_text(&agent(Duration::from_secs(10)), &self.url("/metrics"))
     }
 
-    /// Sends SIGTERM and waits for the process to end; returns whether it exited cleanly.
+    /// Sends SIGTERM to the sidecar's process group (its phonemizer processes included), as a
+    /// terminal's Ctrl-C or a process manager does, and waits for the sidecar to end; returns
+    /// whether it exited cleanly.
     pub fn terminate_and_wait(&mut self, limit: Duration) -> bool {
         let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-TERM", "--", &format!("-{}", self.pid())])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
@@ -190,6 +194,21 @@ impl Sidecar {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Whether every process of the sidecar's group (the sidecar and its phonemizers) has
+    /// ended within `limit`.
+    pub fn group_ends_within(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let group = -(self.pid() as i32);
+        // SAFETY: signal 0 only asks whether the group still has a process.
+        while unsafe { libc::kill(group, 0) } == 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 }
 
