@@ -3,7 +3,8 @@ each started in its own session, watched through /proc, and stopped by pid.
 
 Peak memory is the kernel's own count, `VmHWM` in /proc/PID/status (peak resident set size);
 writing 5 to /proc/PID/clear_refs resets it, so one server can report the peak of each phase
-of a benchmark separately.
+of a benchmark separately. Memory and CPU are those of the process's whole group, so the
+helpers a server starts (the sidecar's phonemizer processes) count as the server's.
 """
 
 from __future__ import annotations
@@ -66,25 +67,57 @@ class Process:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
+    def group_pids(self) -> list[int]:
+        """The live processes of this process's group: itself and the helpers it started (the
+        sidecar's phonemizers), whose memory and CPU are part of what the server costs."""
+        members = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.pid and fields[0] != "Z":
+                members.append(int(entry.name))
+        return members or [self.pid]
+
     def memory(self) -> dict[str, int]:
-        """Current (`VmRSS`) and peak (`VmHWM`) resident memory in bytes."""
-        fields = {}
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    fields[key] = int(rest.split()[0]) * 1024
-        return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}
+        """Current (`VmRSS`) and peak (`VmHWM`) resident memory in bytes, summed over the
+        process group; the summed peaks bound the group's peak from above."""
+        total = {"rss": 0, "peak": 0}
+        for pid in self.group_pids():
+            try:
+                with open(f"/proc/{pid}/status") as status:
+                    for line in status:
+                        key, _, rest = line.partition(":")
+                        if key in ("VmRSS", "VmHWM"):
+                            total["rss" if key == "VmRSS" else "peak"] += int(rest.split()[0]) * 1024
+            except OSError:
+                continue
+        return total
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time of all the process's threads so far (10 ms ticks)."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time so far (10 ms ticks) of the process group's live members
+        and of the children they have reaped."""
+        ticks = 0
+        for pid in self.group_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks += sum(int(field) for field in fields[11:15])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def reset_peak_memory(self) -> None:
-        with open(f"/proc/{self.pid}/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
+        for pid in self.group_pids():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+                    clear_refs.write("5")
+            except OSError:
+                continue
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM to the process group, SIGKILL after `grace_s`; also closes the pipes."""

@@ -96,10 +96,12 @@ def run(ctx: Context) -> Section:
         "Audio lengths differ a little between rounds and subjects because the voice's duration noise "
         "is random (noise_w), and piper-tts's patched espeak-ng phonemizes slightly differently; "
         "the real-time factor divides that out.",
-        "CPU seconds are the whole process's (all threads, from /proc, 10 ms ticks), read around each "
+        "CPU seconds are the whole process group's (all threads, the sidecar's phonemizer processes "
+        "included, from /proc, 10 ms ticks), read around each "
         "round: unlike wall time they hardly move when other programs load the machine, so they confirm "
         "or correct the wall-clock ratios on a busy machine. The floor's include the process's idle "
         "threads, the sidecar's its HTTP server, piper-tts's the Python interpreter.",
-        "Peak RSS is each process's VmHWM after all rounds (one value per process).",
+        "Peak RSS is VmHWM after all rounds, summed over the process group (the sidecar's phonemizer "
+        "processes included).",
     ]
     return section

@@ -5,7 +5,7 @@ Measured per level: audio seconds produced per wall second (the audio of every a
 request over the time from the start to the last answer; requests in flight at the end are
 waited for, so a server that finishes requests in bursts is not penalized by where the clock
 stops), p50/p99 latency of answered requests, the server's peak RSS (VmHWM, reset before each
-round), and the refused (503) and failed requests. Refused clients wait as `Retry-After`
+round, summed over its process group: the sidecar's phonemizers count), and the refused (503) and failed requests. Refused clients wait as `Retry-After`
 says before trying again. Both servers stay up for the whole benchmark and take turns within
 each round of each level, so the 8-client ratios pair rounds that saw the same machine.
 """
