@@ -151,6 +151,40 @@ def test_refused_requests_never_reach_the_sidecar(stack):
     assert [p for p in refused if upstreams[p] is not None] == [], "refused requests reached the sidecar"
 
 
+def test_max_lifetime_refuses_tokens_valid_for_too_long_before_the_sidecar(stack, envoy_factory):
+    """`max_lifetime_seconds` (off in the default configuration) bounds `exp` less `iat`, else
+    less `nbf`, else less now."""
+    config = stack.filter_config()
+    [dev] = [p for p in config["auth"]["providers"] if p["name"] == "dev"]
+    dev["max_lifetime_seconds"] = 3600
+    envoy = envoy_factory(config)
+    never_expires = stack.token(sub=subject(), extra={"exp": 1e300})
+    cases = [  # (token, passes)
+        (stack.token(sub=subject(), iat=-60, exp=3000), True),
+        (stack.token(sub=subject(), iat=-3000, exp=1800), False),
+        (stack.token(sub=subject(), iat=None, nbf=-600, exp=2400), True),
+        (stack.token(sub=subject(), iat=None, nbf=-600, exp=3300), False),
+        (stack.token(sub=subject(), iat=None, exp=1800), True),
+        (stack.token(sub=subject(), iat=None, exp=7200), False),
+        (never_expires, False),
+    ]
+    session = client()
+    paths = []
+    for token, passes in cases:
+        paths.append(unique(MODELS))
+        response = session.get(envoy.url + paths[-1], headers=bearer(token), timeout=TIMEOUT)
+        if passes:
+            assert response.status_code == 404, "passed by the filter, unknown to the sidecar"
+            continue
+        assert response.status_code == 401, response.text
+        assert error_of(response)["code"] == "token_lifetime_too_long"
+        assert 'error="invalid_token"' in response.headers["www-authenticate"]
+    upstreams = upstreams_of(envoy, paths)
+    assert [upstreams[path] is not None for path in paths] == [passes for _, passes in cases]
+    assert client().get(stack.url + MODELS, headers=bearer(never_expires), timeout=TIMEOUT).status_code == 200, \
+        "without the bound, the same token passes"
+
+
 @pytest.mark.parametrize("alg", ["ES256", "ES384", "RS256", "PS256", "EdDSA", "HS256"])
 def test_valid_token_of_every_algorithm_passes(stack, alg):
     response = client().get(stack.url + MODELS, headers=bearer(stack.token(alg=alg, sub=subject())),

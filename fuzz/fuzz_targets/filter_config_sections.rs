@@ -149,6 +149,7 @@ struct Provider {
     key: Option<Vec<u8>>,
     remote: Option<(String, String, String, Count, Count)>,
     require_exp: bool,
+    max_lifetime: Option<Count>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -278,6 +279,7 @@ fn auth(a: Auth) {
                 jwks,
                 remote_jwks,
                 require_exp: p.require_exp,
+                max_lifetime_seconds: p.max_lifetime.map(Count::value),
             }
         })
         .collect();

@@ -25,6 +25,8 @@ pub const DEV_KID: &str = "hs";
 /// Header carrying a raw token, besides `Authorization: Bearer`.
 pub const TOKEN_HEADER: &str = "x-api-token";
 pub const CLOCK_SKEW_S: u64 = 60;
+/// The dev provider's `max_lifetime_seconds`.
+pub const DEV_MAX_LIFETIME_S: u64 = 86_400;
 /// 2027-01-15, the clock the targets start from.
 pub const NOW_S: u64 = 1_800_000_000;
 
@@ -49,7 +51,8 @@ pub fn auth_config() -> Value {
     dev_keys.push(json!({"kty": "oct", "kid": DEV_KID, "k": b64(DEV_SECRET)}));
     json!({
         "providers": [
-            {"name": "dev", "issuer": DEV_ISSUER, "audiences": ["voxgate"], "jwks": {"keys": dev_keys}},
+            {"name": "dev", "issuer": DEV_ISSUER, "audiences": ["voxgate"], "jwks": {"keys": dev_keys},
+             "max_lifetime_seconds": DEV_MAX_LIFETIME_S},
             {"name": "lax", "issuer": LAX_ISSUER, "audiences": ["tts", "voxgate"], "require_exp": false,
              "jwks": {"keys": [{"kty": "oct", "alg": "HS256", "k": b64(LAX_SECRET)}]}},
             {"name": REMOTE_PROVIDER, "issuer": REMOTE_ISSUER, "audiences": ["voxgate"],
@@ -70,6 +73,15 @@ pub fn authenticator() -> Authenticator {
     config
         .compile()
         .expect("the fuzz auth configuration compiles")
+}
+
+/// A time claim as RFC 7519 §2 reads it: seconds, fractions dropped; `None` when absent or not
+/// a non-negative number (a token with such a claim is never accepted).
+fn numeric_date(claims: &serde_json::Map<String, Value>, name: &str) -> Option<u64> {
+    let value = claims.get(name)?;
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
 }
 
 /// `header.payload.signature` over the given segment bytes, HMAC-SHA256 with `secret`.
@@ -126,6 +138,15 @@ pub fn check_verification(
         now_s <= verified.expires_at.saturating_add(CLOCK_SKEW_S),
         "accepted an expired token"
     );
+    if verified.issuer == DEV_ISSUER {
+        let start = numeric_date(&verified.claims, "iat")
+            .or_else(|| numeric_date(&verified.claims, "nbf"))
+            .unwrap_or(now_s);
+        assert!(
+            verified.expires_at.saturating_sub(start) <= DEV_MAX_LIFETIME_S,
+            "accepted a token valid for longer than the provider's max_lifetime_seconds"
+        );
+    }
     oracle::check_forwarded(&authenticator.forwarded_headers(&verified));
     let again = authenticator
         .verify(token, now_s)

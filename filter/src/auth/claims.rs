@@ -21,16 +21,24 @@ fn numeric_date(claims: &Claims, name: &str) -> Result<Option<u64>, Rejection> {
         .ok_or_else(|| reject::invalid_token("token_malformed", "a time claim is not a non-negative number"))
 }
 
+/// What a provider demands of a token's time claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeRules {
+    pub require_exp: bool,
+    /// Longest accepted lifetime: `exp` less `iat`, else less `nbf`, else less now.
+    pub max_lifetime_s: Option<u64>,
+}
+
 /// Checks the token's validity window and returns its `exp`, if any.
 pub(crate) fn check_times(
     claims: &Claims,
     now_s: u64,
     skew_s: u64,
-    require_exp: bool,
+    rules: TimeRules,
 ) -> Result<Option<u64>, Rejection> {
     let exp = numeric_date(claims, "exp")?;
     match exp {
-        None if require_exp => {
+        None if rules.require_exp => {
             return Err(reject::invalid_token("expiry_missing", "the token has no expiry"));
         }
         Some(exp) if now_s > exp.saturating_add(skew_s) => {
@@ -38,14 +46,27 @@ pub(crate) fn check_times(
         }
         _ => {}
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
+    let nbf = numeric_date(claims, "nbf")?;
+    if let Some(nbf) = nbf {
         if now_s.saturating_add(skew_s) < nbf {
             return Err(reject::invalid_token("token_not_yet_valid", "the token is not valid yet"));
         }
     }
-    if let Some(iat) = numeric_date(claims, "iat")? {
+    let iat = numeric_date(claims, "iat")?;
+    if let Some(iat) = iat {
         if iat > now_s.saturating_add(skew_s) {
             return Err(reject::invalid_token("token_issued_in_future", "the token was issued in the future"));
+        }
+    }
+    if let (Some(max_lifetime_s), Some(exp)) = (rules.max_lifetime_s, exp) {
+        // A token without `iat` or `nbf` is judged by what is left of it: the same bound
+        // holds for every later use, so a cached token never outgrows it.
+        let start = iat.or(nbf).unwrap_or(now_s);
+        if exp.saturating_sub(start) > max_lifetime_s {
+            return Err(reject::invalid_token(
+                "token_lifetime_too_long",
+                "the token is valid for longer than its issuer's tokens may be",
+            ));
         }
     }
     Ok(exp)

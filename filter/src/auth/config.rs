@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::claims::TimeRules;
 use super::jwks::{KeySet, Strictness};
 use super::provider::{Provider, RemoteJwks};
 use super::Authenticator;
@@ -60,6 +61,9 @@ pub struct ProviderConfig {
     /// Refuse tokens without `exp` (default); `false` caches them for `cache_ttl_seconds`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
+    /// Refuse tokens valid for longer than this: `exp` less `iat` (else `nbf`, else now).
+    #[serde(default)]
+    pub max_lifetime_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -227,16 +231,27 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
     if let Some(i) = config.audiences.iter().position(String::is_empty) {
         return Err(err(format!("{path}.audiences[{i}]"), "must not be empty"));
     }
-    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, require_exp } = config;
+    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, require_exp, max_lifetime_seconds } = config;
+    match max_lifetime_seconds {
+        Some(0) => return Err(err(format!("{path}.max_lifetime_seconds"), "must be at least 1")),
+        Some(_) if !require_exp => {
+            return Err(err(
+                format!("{path}.max_lifetime_seconds"),
+                "needs `require_exp: true`: a token without `exp` has no lifetime to bound",
+            ))
+        }
+        _ => {}
+    }
+    let times = TimeRules { require_exp, max_lifetime_s: max_lifetime_seconds };
     match (jwks, remote_jwks) {
         (Some(document), None) => {
             let keys = KeySet::from_document(&document, Strictness::EveryKey)
                 .map_err(|e| err(format!("{path}.jwks.{}", e.path()), e.message))?;
-            Ok(Provider::inline(name, issuer, audiences, require_exp, keys))
+            Ok(Provider::inline(name, issuer, audiences, times, keys))
         }
         (None, Some(remote)) => {
             check_remote(&remote, &format!("{path}.remote_jwks"))?;
-            Ok(Provider::remote(name, issuer, audiences, require_exp, RemoteJwks::new(remote)))
+            Ok(Provider::remote(name, issuer, audiences, times, RemoteJwks::new(remote)))
         }
         (Some(_), Some(_)) => Err(err(path, "give either `jwks` or `remote_jwks`, not both")),
         (None, None) => Err(err(path, "a provider needs `jwks` or `remote_jwks`")),

@@ -172,7 +172,7 @@ impl Authenticator {
                 reject::invalid_token("algorithm_not_allowed", "the token's algorithm is not accepted for its key")
             }
         })?;
-        let expires_at = claims::check_times(&parsed.claims, now_s, settings.clock_skew_s, provider.require_exp)?;
+        let expires_at = claims::check_times(&parsed.claims, now_s, settings.clock_skew_s, provider.times)?;
         let subject = claims::subject(&parsed.claims)?.to_string();
 
         self.signature_checks.set(self.signature_checks.get() + 1);

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use super::claims::TimeRules;
 use super::config::RemoteJwksConfig;
 use super::jwks::KeySet;
 use super::remote::{FetchSchedule, RemoteJwksSource};
@@ -13,7 +14,7 @@ pub(crate) struct Provider {
     pub name: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub require_exp: bool,
+    pub times: TimeRules,
     /// `None` until a remote provider's first good fetch.
     keys: RefCell<Option<Rc<KeySet>>>,
     remote: Option<RemoteJwks>,
@@ -44,20 +45,20 @@ impl Provider {
         name: String,
         issuer: String,
         audiences: Vec<String>,
-        require_exp: bool,
+        times: TimeRules,
         keys: KeySet,
     ) -> Self {
-        Provider { name, issuer, audiences, require_exp, keys: RefCell::new(Some(Rc::new(keys))), remote: None }
+        Provider { name, issuer, audiences, times, keys: RefCell::new(Some(Rc::new(keys))), remote: None }
     }
 
     pub(crate) fn remote(
         name: String,
         issuer: String,
         audiences: Vec<String>,
-        require_exp: bool,
+        times: TimeRules,
         remote: RemoteJwks,
     ) -> Self {
-        Provider { name, issuer, audiences, require_exp, keys: RefCell::new(None), remote: Some(remote) }
+        Provider { name, issuer, audiences, times, keys: RefCell::new(None), remote: Some(remote) }
     }
 
     pub(crate) fn keys(&self) -> Option<Rc<KeySet>> {

@@ -22,6 +22,7 @@ pub const REJECTION_CODES: &[&str] = &[
     "token_not_yet_valid",
     "token_issued_in_future",
     "expiry_missing",
+    "token_lifetime_too_long",
     "subject_missing",
     "bad_signature",
     "wrong_audience",

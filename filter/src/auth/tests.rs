@@ -108,6 +108,33 @@ fn validity_window_honours_the_clock_skew() {
 }
 
 #[test]
+fn max_lifetime_bounds_exp_from_iat_else_nbf_else_now() {
+    let signer = Signer::hs256(HMAC_SECRET);
+    let mut dev = provider("dev", ISSUER, vec![signer.jwk(None)]);
+    dev["max_lifetime_seconds"] = json!(3600);
+    let auth = compile(json!({"providers": [dev]})).unwrap();
+    let token = |changes: Value| signer.sign(None, &claims_with("alice", changes));
+    let too_long = "token_lifetime_too_long";
+
+    assert!(auth.verify(&token(json!({"iat": NOW - 100, "exp": NOW + 3500})), NOW).is_ok(), "exactly the bound");
+    assert_refused(auth.verify(&token(json!({"iat": NOW - 100, "exp": NOW + 3501})), NOW), 401, too_long);
+    assert_refused(auth.verify(&token(json!({"iat": 0, "exp": NOW + 60})), NOW), 401, too_long);
+    assert_refused(auth.verify(&token(json!({"exp": 1e300})), NOW), 401, too_long);
+    assert!(auth.verify(&token(json!({"iat": null, "nbf": NOW - 600, "exp": NOW + 3000})), NOW).is_ok());
+    assert_refused(auth.verify(&token(json!({"iat": null, "nbf": NOW - 600, "exp": NOW + 3001})), NOW), 401, too_long);
+    assert!(auth.verify(&token(json!({"iat": null, "nbf": null, "exp": NOW + 3600})), NOW).is_ok());
+    assert_refused(auth.verify(&token(json!({"iat": null, "nbf": null, "exp": NOW + 3601})), NOW), 401, too_long);
+    assert_refused(auth.verify(&token(json!({"exp": null})), NOW), 401, "expiry_missing");
+    assert_eq!(auth.stats().signature_checks, 3, "the lifetime is judged before the signature");
+
+    let cached = token(json!({"iat": null, "nbf": null, "exp": NOW + 3600}));
+    assert!(auth.verify(&cached, NOW + 1800).is_ok(), "a cached token only gets closer to its expiry");
+
+    let unbounded = compile(json!({"providers": [provider("dev", ISSUER, vec![signer.jwk(None)])]})).unwrap();
+    assert!(unbounded.verify(&token(json!({"exp": 1e300})), NOW).is_ok(), "no bound unless configured");
+}
+
+#[test]
 fn skew_is_configurable() {
     let signer = Signer::hs256(HMAC_SECRET);
     let config = json!({"providers": [provider("dev", ISSUER, vec![signer.jwk(None)])], "clock_skew_seconds": 0});
@@ -564,6 +591,15 @@ fn configuration_problems_name_the_field() {
         (remote("path", json!("jwks")), "auth.providers[0].remote_jwks.path"),
         (remote("refresh_seconds", json!(1)), "auth.providers[0].remote_jwks.refresh_seconds"),
         (remote("timeout_ms", json!(0)), "auth.providers[0].remote_jwks.timeout_ms"),
+        (
+            json!({"providers": [{"name": "dev", "issuer": "i", "audiences": ["a"], "jwks": jwks, "max_lifetime_seconds": 0}]}),
+            "auth.providers[0].max_lifetime_seconds",
+        ),
+        (
+            json!({"providers": [{"name": "dev", "issuer": "i", "audiences": ["a"], "jwks": jwks,
+                                  "require_exp": false, "max_lifetime_seconds": 3600}]}),
+            "auth.providers[0].max_lifetime_seconds",
+        ),
         (with(json!({"clock_skew_seconds": 3601})), "auth.clock_skew_seconds"),
         (with(json!({"cache_entries": 0})), "auth.cache_entries"),
         (with(json!({"cache_ttl_seconds": 0})), "auth.cache_ttl_seconds"),
