@@ -25,13 +25,17 @@ pub fn use_one_phonemizer() {
     });
 }
 
-/// The ids of a text, or `None` when espeak-ng died or hung on it: its defects are contained
-/// in the phonemizer process and answered as an error, which is the behaviour judged here.
+/// The ids of a text, or `None` when espeak-ng crashed or hung on it: its defects are contained
+/// in the phonemizer and answered as an error, which is the behaviour judged here.
 /// Any other error fails the run.
 pub fn phonemized(outcome: Result<TokenIds, PhonemizeError>) -> Option<TokenIds> {
     match outcome {
         Ok(ids) => Some(ids),
-        Err(PhonemizeError::WorkerDied { .. } | PhonemizeError::WorkerTimedOut(_)) => None,
+        Err(
+            PhonemizeError::Crashed { .. }
+            | PhonemizeError::WorkerDied { .. }
+            | PhonemizeError::WorkerTimedOut(_),
+        ) => None,
         Err(error) => panic!("phonemizing failed: {error}"),
     }
 }

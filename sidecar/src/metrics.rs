@@ -21,6 +21,7 @@ pub const IN_FLIGHT: &str = "voxgate_sidecar_in_flight";
 pub const VOICES: &str = "voxgate_sidecar_voices";
 pub const READY: &str = "voxgate_sidecar_ready";
 pub const PHONEMIZERS_REPLACED: &str = "voxgate_sidecar_phonemizers_replaced_total";
+pub const PHONEMIZER_CRASHES: &str = "voxgate_sidecar_phonemizer_crashes_total";
 
 const SYNTHESIS_BUCKETS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 const AUDIO_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -98,6 +99,10 @@ fn describe() {
         PHONEMIZERS_REPLACED,
         "Phonemizer processes killed and replaced, by reason (died, garbled, timed_out)."
     );
+    describe_counter!(
+        PHONEMIZER_CRASHES,
+        "Texts on which espeak-ng crashed (in the fork that phonemized it; the phonemizer lives on)."
+    );
     describe_gauge!(
         READY,
         "1 once the voices are loaded and the service accepts speech requests."
@@ -163,4 +168,8 @@ pub fn mark_not_ready() {
 
 pub fn phonemizer_replaced(reason: &'static str) {
     counter!(PHONEMIZERS_REPLACED, "reason" => reason).increment(1);
+}
+
+pub fn phonemizer_crashed() {
+    counter!(PHONEMIZER_CRASHES).increment(1);
 }

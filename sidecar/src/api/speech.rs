@@ -203,10 +203,12 @@ fn job_error(error: JobError) -> ApiError {
             "the speaker is out of range for this voice",
         ),
         JobError::Synthesis(SynthesisError::Phonemize(
-            PhonemizeError::WorkerDied { .. } | PhonemizeError::WorkerTimedOut(_),
+            PhonemizeError::WorkerDied { .. }
+            | PhonemizeError::WorkerTimedOut(_)
+            | PhonemizeError::Crashed { .. },
         )) => ApiError::internal(
             "phonemizer_failed",
-            "the phonemizer failed on this text and was replaced; see the service log",
+            "the phonemizer failed on this text; see the service log",
         ),
         JobError::Synthesis(_) => {
             ApiError::internal("synthesis_failed", "synthesis failed; see the service log")

@@ -6,6 +6,8 @@
 //! one request, not the service and every request in flight. So espeak runs in child processes
 //! (`voxgate-phonemizer`, see `worker`), a small pool of them (`pool`) that the synthesis threads
 //! share; a child that dies or hangs is replaced, and the request that met it gets an error.
+//! Each of them phonemizes every text in a fork of its own, so no text can read what another
+//! left in espeak-ng's memory.
 //!
 //! `phonemize` and `check_voice` use the process-wide pool, which `configure` sets up once at
 //! start; without it the pool is built from the defaults of `PhonemizerSettings`.
@@ -29,6 +31,8 @@ pub enum PhonemizeError {
     CannotStart { program: String, reason: String },
     #[error("the phonemizer process ended while phonemizing ({status}); it is replaced")]
     WorkerDied { status: String },
+    #[error("espeak-ng crashed on this text ({status})")]
+    Crashed { status: String },
     #[error("the phonemizer process gave no answer within {0:?}; it is replaced")]
     WorkerTimedOut(Duration),
 }

@@ -130,6 +130,11 @@ impl Phonemizer {
             None => slot.insert(Process::start(&self.settings.program)?),
         };
         match process.exchange(line, self.settings.timeout) {
+            Ok(Reply::Crashed(status)) => {
+                tracing::warn!(pid = process.child.id(), %status, "espeak-ng crashed on a text; its fork ended");
+                metrics::phonemizer_crashed();
+                Err(PhonemizeError::Crashed { status })
+            }
             Ok(reply) => reply.into_result(),
             Err(failure) => {
                 let process = slot.take().expect("the slot held the process that failed");
