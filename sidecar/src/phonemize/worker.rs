@@ -57,8 +57,10 @@ fn answer(request: &Request) -> Reply {
     })
 }
 
-/// Answers requests until the input ends (the service closed the pipe or exited). Forks:
-/// only for a process whose one thread is the caller's, such as `voxgate-phonemizer`.
+/// Answers requests until the input ends (the service closed the pipe or exited). Forks, so
+/// only for a process with no other thread that could hold a lock the fork would need:
+/// `voxgate-phonemizer` has only espeak-ng's own event thread besides the caller's, idle for
+/// good in a condition wait (which releases its mutex), since nothing is ever spoken aloud.
 pub fn serve(input: impl BufRead, mut output: impl Write) -> io::Result<()> {
     for line in input.lines() {
         let line = line?;
@@ -82,7 +84,8 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> io::Result<()> {
 fn answer_in_child(request: &Request) -> io::Result<Reply> {
     let (mut from_child, mut to_parent) = io::pipe()?;
     let parent = std::process::id();
-    // SAFETY: the process has one thread (see `serve`), so the child may run any code.
+    // SAFETY: no other thread of the process holds a lock (see `serve`), so the child may run
+    // any code.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(io::Error::last_os_error());
