@@ -16,10 +16,12 @@ mod espeak;
 mod pool;
 pub mod worker;
 
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use pool::{default_program, Phonemizer, PhonemizerSettings, PHONEMIZER_PROGRAM};
+pub use pool::{default_program, Phonemizer, PhonemizerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PhonemizeError {
@@ -61,4 +63,13 @@ pub fn phonemize(text: &str, voice: &str) -> Result<String, PhonemizeError> {
 /// Used when voices are loaded so a bad voice fails at start, not per request.
 pub fn check_voice(voice: &str) -> Result<(), PhonemizeError> {
     phonemizer().check_voice(voice)
+}
+
+/// How a phonemizer process or one of its forks ended, for logs and errors.
+fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
 }

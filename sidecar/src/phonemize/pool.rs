@@ -10,18 +10,17 @@
 use std::io::{self, Read, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::worker::{Reply, Request};
-use super::PhonemizeError;
+use super::{describe_exit, PhonemizeError};
 use crate::metrics;
 
 /// File name of the phonemizer executable, built beside `voxgate-sidecar`.
-pub const PHONEMIZER_PROGRAM: &str = "voxgate-phonemizer";
+const PHONEMIZER_PROGRAM: &str = "voxgate-phonemizer";
 
 /// espeak-ng takes about a millisecond per clause; a sentence-sized text that takes ten
 /// seconds is stuck.
@@ -80,10 +79,6 @@ impl Phonemizer {
             idle: Mutex::new(idle),
             slot_returned: Condvar::new(),
         }
-    }
-
-    pub fn settings(&self) -> &PhonemizerSettings {
-        &self.settings
     }
 
     /// See `super::phonemize`.
@@ -255,7 +250,10 @@ impl Process {
     fn retire(mut self, failure: Failure, timeout: Duration) -> PhonemizeError {
         let pid = self.child.id();
         let _ = self.child.kill();
-        let status = describe(self.child.wait());
+        let status = self
+            .child
+            .wait()
+            .map_or_else(|error| format!("status unknown: {error}"), describe_exit);
         tracing::warn!(pid, reason = failure.as_str(), %status, "phonemizer process replaced");
         metrics::phonemizer_replaced(failure.as_str());
         match failure {
@@ -269,17 +267,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn describe(status: io::Result<ExitStatus>) -> String {
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit code {code}"),
-            (None, Some(signal)) => format!("signal {signal}"),
-            (None, None) => status.to_string(),
-        },
-        Err(error) => format!("status unknown: {error}"),
     }
 }
 

@@ -10,10 +10,12 @@
 //! before it. A child that crashes costs its text only; the process answers `crashed`.
 
 use std::io::{self, BufRead, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 
 use serde::{Deserialize, Serialize};
 
-use super::{espeak, PhonemizeError};
+use super::{describe_exit, espeak, PhonemizeError};
 
 /// What the service asks: the phonemes of `text`, or with no text only whether `voice` exists.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,10 +53,14 @@ fn answer(request: &Request) -> Reply {
         Some(text) => espeak::phonemize(text, &request.voice).map(Reply::Phonemes),
         None => espeak::check_voice(&request.voice).map(|()| Reply::VoiceKnown),
     };
-    outcome.unwrap_or_else(|error| match error {
+    outcome.unwrap_or_else(error_reply)
+}
+
+fn error_reply(error: PhonemizeError) -> Reply {
+    match error {
         PhonemizeError::UnknownVoice(voice) => Reply::UnknownVoice(voice),
         _ => Reply::Unavailable,
-    })
+    }
 }
 
 /// Answers requests until the input ends (the service closed the pipe or exited). Forks, so
@@ -66,13 +72,11 @@ pub fn serve(input: impl BufRead, mut output: impl Write) -> io::Result<()> {
         let line = line?;
         let request: Request = serde_json::from_str(&line)
             .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
-        // The voice is selected here, before the fork, so that no child pays for it.
-        let reply = match answer(&Request {
-            voice: request.voice.clone(),
-            text: None,
-        }) {
-            Reply::VoiceKnown if request.text.is_some() => answer_in_child(&request)?,
-            reply => reply,
+        // The voice is selected here, before any fork, so that no child pays for it.
+        let reply = match (espeak::check_voice(&request.voice), &request.text) {
+            (Ok(()), Some(_)) => answer_in_child(&request)?,
+            (Ok(()), None) => Reply::VoiceKnown,
+            (Err(error), _) => error_reply(error),
         };
         serde_json::to_writer(&mut output, &reply)?;
         output.write_all(b"\n")?;
@@ -110,11 +114,10 @@ fn answer_in_child(request: &Request) -> io::Result<Reply> {
     drop(to_parent);
     let mut reply = Vec::new();
     let read = from_child.read_to_end(&mut reply);
-    let status = wait_for(child)?;
-    let ended_well = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    match (read, ended_well) {
+    let status = ExitStatus::from_raw(wait_for(child)?);
+    match (read, status.success()) {
         (Ok(_), true) => serde_json::from_slice(&reply).map_err(io::Error::from),
-        _ => Ok(Reply::Crashed(describe(status))),
+        _ => Ok(Reply::Crashed(describe_exit(status))),
     }
 }
 
@@ -129,14 +132,6 @@ fn wait_for(child: libc::pid_t) -> io::Result<libc::c_int> {
         if error.kind() != io::ErrorKind::Interrupted {
             return Err(error);
         }
-    }
-}
-
-fn describe(status: libc::c_int) -> String {
-    if libc::WIFSIGNALED(status) {
-        format!("signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exit code {}", libc::WEXITSTATUS(status))
     }
 }
 
