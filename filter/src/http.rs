@@ -17,7 +17,7 @@ use crate::auth::{self, Cached};
 use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
-use crate::metrics::{Metrics, ALLOWED};
+use crate::metrics::Metrics;
 use crate::ratelimit::{Identity, StoreError};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Route};
@@ -88,6 +88,8 @@ pub struct RequestFlow {
     body_seen: usize,
     rate_limit_headers: Vec<(String, String)>,
     holds_in_flight: bool,
+    /// Envoy's clock as read during the current callback (see `now_ms`).
+    now_ms: Option<u64>,
 }
 
 impl RequestFlow {
@@ -105,6 +107,7 @@ impl RequestFlow {
             body_seen: 0,
             rate_limit_headers: Vec::new(),
             holds_in_flight: false,
+            now_ms: None,
         }
     }
 
@@ -204,6 +207,7 @@ impl RequestFlow {
 
     /// Turns the outcome of a step into the action Envoy gets.
     fn settle(&mut self, host: &dyn Host, guard: &Guard, result: Result<Action, Stop>) -> Action {
+        self.now_ms = None;
         let rejection = match result {
             Ok(action) => return action,
             Err(Stop::Refused(rejection)) => rejection,
@@ -325,7 +329,7 @@ impl RequestFlow {
             .auth
             .as_ref()
             .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
-        let now_ms = host.now_ms()?;
+        let now_ms = self.now_ms(host)?;
         let token = match auth.token_from_headers(headers) {
             Ok(Some(token)) => token,
             // A request without a token costs no verification, so it is not a failure to count.
@@ -363,8 +367,8 @@ impl RequestFlow {
                 return Err(rejection.into());
             }
         };
-        for (name, value) in auth.forwarded_headers(&verified) {
-            host.set_request_header(&name, &value)?;
+        for (name, value) in &verified.forwarded {
+            host.set_request_header(name, value)?;
         }
         if !config.forward_token {
             for name in &config.token_headers {
@@ -391,7 +395,7 @@ impl RequestFlow {
 
     /// Takes the request's cost from the rate limits and lets it through, or refuses it.
     fn admit(&mut self, host: &dyn Host, guard: &Guard, chars: u64) -> Result<Action, Stop> {
-        let now_ms = host.now_ms()?;
+        let now_ms = self.now_ms(host)?;
         if self.subject.is_none() {
             // Requests without a subject are charged to their address.
             self.client_ip(host)?;
@@ -437,9 +441,21 @@ impl RequestFlow {
         self.holds_in_flight = verdict.in_flight_lease;
         self.rate_limit_headers = verdict.headers;
         guard.metrics.characters_admitted(host, chars);
-        guard.metrics.decision(host, ALLOWED);
+        guard.metrics.allowed(host);
         self.stage = Stage::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// The time in milliseconds, asked of Envoy once per callback: authentication and the rate
+    /// limits of a request checked in one callback share one instant, and one host call. A
+    /// body that arrives later is charged at its own time.
+    fn now_ms(&mut self, host: &dyn Host) -> Result<u64, HostError> {
+        if let Some(now_ms) = self.now_ms {
+            return Ok(now_ms);
+        }
+        let now_ms = host.now_ms()?;
+        self.now_ms = Some(now_ms);
+        Ok(now_ms)
     }
 
     /// The client IP, asked of Envoy once and only when needed: a request with a cached token,
@@ -913,6 +929,21 @@ mod tests {
         assert!(host.response_header("X-RateLimit-Limit").is_some());
         assert_eq!(host.counter("voxgate.characters_admitted"), 20);
         assert_eq!(host.counter("voxgate.decision.allowed"), 1);
+    }
+
+    #[test]
+    fn the_clock_is_read_once_per_callback() {
+        let guard = guard_from(config());
+        let host = host();
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("mia"))))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.clock_reads.get(), 1, "authentication and the rate limits share one reading");
+
+        host.clock_reads.set(0);
+        let body = speech_body("Hello there.");
+        let exchange = send(&guard, &host, &refs(&speech_headers(&token("mia"))), Some(&body));
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.clock_reads.get(), 2, "the body is charged at its own time");
     }
 
     /// The filter's own work for a request with a cached token, every bucket charged, on the

@@ -46,8 +46,9 @@ pub const STATS_TAGS: [(&str, &str); 4] = [
     ("provider", r"^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$"),
 ];
 
-/// The decision label of a request the filter let through.
-pub const ALLOWED: &str = "allowed";
+/// The counter of requests the filter let through: `voxgate.decision` with the reason
+/// `allowed`, spelled out because it is counted on every request.
+const ALLOWED: &str = "voxgate.decision.allowed";
 
 /// Counter ids of one VM, defined on first use (label values are open-ended: reason codes
 /// come from every step, provider names from the configuration).
@@ -65,7 +66,7 @@ impl Metrics {
     /// Defines the counters every deployment has, so they are exported (at zero) before the
     /// first request; `providers` are the remote JWKS providers.
     pub fn define_common(&self, host: &dyn Host, providers: &[String]) {
-        self.add(host, &decision_name(ALLOWED), 0);
+        self.add(host, ALLOWED, 0);
         self.add(host, "voxgate.characters_admitted", 0);
         self.add(host, "voxgate.cas_retries", 0);
         self.add(host, "voxgate.token_cache.hit", 0);
@@ -74,6 +75,10 @@ impl Metrics {
             self.add(host, &jwks_name(provider, true), 0);
             self.add(host, &jwks_name(provider, false), 0);
         }
+    }
+
+    pub fn allowed(&self, host: &dyn Host) {
+        self.add(host, ALLOWED, 1);
     }
 
     pub fn decision(&self, host: &dyn Host, reason: &str) {

@@ -147,7 +147,7 @@ pub fn check_verification(
             "accepted a token valid for longer than the provider's max_lifetime_seconds"
         );
     }
-    oracle::check_forwarded(&authenticator.forwarded_headers(&verified));
+    oracle::check_forwarded(&verified.forwarded);
     let again = authenticator
         .verify(token, now_s)
         .expect("a verified token verifies again from the cache");

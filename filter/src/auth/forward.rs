@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::Verified;
+use serde_json::Map;
 
 pub const SUBJECT_HEADER: &str = "x-voxgate-subject";
 pub const ISSUER_HEADER: &str = "x-voxgate-issuer";
@@ -12,15 +12,21 @@ pub const FORWARDED_PREFIX: &str = "x-voxgate-";
 /// Longest forwarded value, in bytes; longer claims are cut at a character boundary.
 const MAX_VALUE_BYTES: usize = 256;
 
-pub(crate) fn forwarded_headers(verified: &Verified, forward_claims: &[(String, String)]) -> Vec<(String, String)> {
+/// Rendered once when a token is verified: every later request with the token reuses them.
+pub(crate) fn forwarded_headers(
+    subject: &str,
+    issuer: &str,
+    claims: &Map<String, Value>,
+    forward_claims: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut headers = Vec::with_capacity(2 + forward_claims.len());
-    for (name, value) in [(SUBJECT_HEADER, &verified.subject), (ISSUER_HEADER, &verified.issuer)] {
+    for (name, value) in [(SUBJECT_HEADER, subject), (ISSUER_HEADER, issuer)] {
         if let Some(value) = header_value(value) {
             headers.push((name.to_string(), value));
         }
     }
     for (claim, header) in forward_claims {
-        if let Some(value) = verified.claims.get(claim).and_then(claim_text).and_then(|t| header_value(&t)) {
+        if let Some(value) = claims.get(claim).and_then(claim_text).and_then(|t| header_value(&t)) {
             headers.push((header.clone(), value));
         }
     }
@@ -65,18 +71,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn verified(claims: Value) -> Verified {
-        Verified {
-            subject: "alice\r\nx-injected: 1".to_string(),
-            issuer: "https://idp.example".to_string(),
-            expires_at: 0,
-            claims: claims.as_object().unwrap().clone(),
-        }
-    }
-
     fn forward(claims: Value, names: &[(&str, &str)]) -> Vec<(String, String)> {
         let names: Vec<(String, String)> = names.iter().map(|(c, h)| (c.to_string(), h.to_string())).collect();
-        forwarded_headers(&verified(claims), &names)
+        forwarded_headers("alice\r\nx-injected: 1", "https://idp.example", claims.as_object().unwrap(), &names)
     }
 
     #[test]

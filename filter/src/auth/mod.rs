@@ -52,6 +52,9 @@ pub struct Verified {
     pub expires_at: u64,
     /// Every claim of the token.
     pub claims: Map<String, Value>,
+    /// `x-voxgate-subject`, `x-voxgate-issuer` and the configured `forward_claims` headers,
+    /// for the upstream.
+    pub forwarded: Vec<(String, String)>,
 }
 
 /// What the token cache knows of a token.
@@ -178,11 +181,13 @@ impl Authenticator {
         self.signature_checks.set(self.signature_checks.get() + 1);
         verify::check_signature(&candidates, token, now_s, settings.clock_skew_s, settings.max_token_bytes)?;
 
+        let forwarded = forward::forwarded_headers(&subject, &provider.issuer, &parsed.claims, &settings.forward_claims);
         let verified = Rc::new(Verified {
             subject,
             issuer: provider.issuer.clone(),
             expires_at: expires_at.unwrap_or(u64::MAX),
             claims: parsed.claims,
+            forwarded,
         });
         let valid_until_s = match expires_at {
             Some(exp) => exp.saturating_add(settings.clock_skew_s),
@@ -197,11 +202,6 @@ impl Authenticator {
         claims::check_audience(&verified.claims, &self.settings.providers[provider].audiences)?;
         claims::check_scopes(&verified.claims, &self.settings.required_scopes, &self.settings.required_scopes_text)?;
         Ok(verified)
-    }
-
-    /// `x-voxgate-subject`, `x-voxgate-issuer` and the configured `forward_claims` headers.
-    pub fn forwarded_headers(&self, verified: &Verified) -> Vec<(String, String)> {
-        forward::forwarded_headers(verified, &self.settings.forward_claims)
     }
 
     /// Every remote JWKS and when it is next due.
