@@ -6,8 +6,9 @@ router alone (the floor); Envoy's native `jwt_authn` (same key, issuer and audie
 proxy-wasm filter on the same V8 runtime (what any Wasm filter costs before doing anything); and
 the voxgate filter with the same policy (token cache warm, limits raised so nothing is refused but
 the subject's plan bucket, its in-flight count and the global bucket are charged on every
-request); and the voxgate filter without rate limits, which tells what the limits cost. Measured per phase: the front Envoy's CPU time (utime + stime from /proc around the
-phase) per completed request, requests per second, and wrk's p50/p99 latency. The subjects take
+request); and the voxgate filter without rate limits, which tells what the limits cost. Measured
+per phase: the front Envoy's CPU time (utime + stime from /proc around the phase) per completed
+request, requests per second, and wrk's p50/p99 latency. The subjects take
 turns within each round, starting with a different one each round; what a filter adds is its
 CPU per request less the router's in the same round.
 """

@@ -61,13 +61,7 @@ fn bearer_token(value: &str) -> Option<Result<&str, Rejection>> {
 
 fn raw_token(value: &str) -> Result<&str, Rejection> {
     let token = value.trim();
-    // Tokens are ASCII: their bytes are checked without decoding characters.
-    let malformed = if token.is_ascii() {
-        token.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    } else {
-        token.contains(|c: char| c.is_ascii_whitespace() || c.is_control())
-    };
-    if token.is_empty() || malformed {
+    if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace() || c.is_control()) {
         return Err(reject::invalid_token("token_malformed", "the bearer token is empty or contains spaces"));
     }
     Ok(token)

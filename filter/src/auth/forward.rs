@@ -1,9 +1,7 @@
 //! The `x-voxgate-*` headers that tell the sidecar who was authenticated: subject, issuer
 //! and the configured claims, rendered as safe header values.
 
-use serde_json::Value;
-
-use serde_json::Map;
+use serde_json::{Map, Value};
 
 pub const SUBJECT_HEADER: &str = "x-voxgate-subject";
 pub const ISSUER_HEADER: &str = "x-voxgate-issuer";

@@ -125,12 +125,13 @@ impl Phonemizer {
             None => slot.insert(Process::start(&self.settings.program)?),
         };
         match process.exchange(line, self.settings.timeout) {
-            Ok(Reply::Crashed(status)) => {
-                tracing::warn!(pid = process.child.id(), %status, "espeak-ng crashed on a text; its fork ended");
-                metrics::phonemizer_crashed();
-                Err(PhonemizeError::Crashed { status })
+            Ok(reply) => {
+                if let Reply::Crashed(status) = &reply {
+                    tracing::warn!(pid = process.child.id(), %status, "espeak-ng crashed on a text; its fork ended");
+                    metrics::phonemizer_crashed();
+                }
+                reply.into_result()
             }
-            Ok(reply) => reply.into_result(),
             Err(failure) => {
                 let process = slot.take().expect("the slot held the process that failed");
                 Err(process.retire(failure, self.settings.timeout))
