@@ -48,6 +48,8 @@ fn router() -> &'static Router {
             request_timeout: Duration::from_secs(5),
             sentence_gap: Duration::ZERO,
             retry_after_secs: 1,
+            max_request_audio_seconds: 300.0,
+            max_utterance_seconds: 12.0,
         };
         api::router(AppState::new(limits, Admission::new(1, 4), metrics))
     })

@@ -69,6 +69,26 @@ pub struct Config {
     #[arg(long, env = "VOXGATE_SIDECAR_MAX_BODY_BYTES", default_value = "65536")]
     pub max_body_bytes: NonZeroUsize,
 
+    /// Most audio one request may make, in seconds, predicted from its phonemes before any
+    /// synthesis; a text predicted to make more gets 400 `audio_limit_exceeded`.
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_MAX_REQUEST_AUDIO_SECONDS",
+        default_value_t = 300.0,
+        value_parser = positive_seconds
+    )]
+    pub max_request_audio_seconds: f64,
+
+    /// Most audio one model run may make, in seconds: longer sentences are cut. A run's memory
+    /// grows with its audio (about 20 MB per second for a medium Piper voice).
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_MAX_UTTERANCE_SECONDS",
+        default_value_t = 12.0,
+        value_parser = positive_seconds
+    )]
+    pub max_utterance_seconds: f64,
+
     /// Silence inserted between sentences, in milliseconds.
     #[arg(long, env = "VOXGATE_SIDECAR_SENTENCE_GAP_MS", default_value_t = 120)]
     pub sentence_gap_ms: u32,
@@ -137,6 +157,14 @@ impl Config {
 
     pub fn sentence_gap(&self) -> Duration {
         Duration::from_millis(u64::from(self.sentence_gap_ms))
+    }
+}
+
+/// A number of seconds above zero, for the audio limits.
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
+        _ => Err(format!("{value:?} is not a number of seconds above 0")),
     }
 }
 

@@ -17,6 +17,7 @@ use tracing_subscriber::EnvFilter;
 use voxgate_sidecar::admission::Admission;
 use voxgate_sidecar::api::{self, AppState, Limits, LoadedVoices};
 use voxgate_sidecar::config::Config;
+use voxgate_sidecar::memory;
 use voxgate_sidecar::metrics;
 use voxgate_sidecar::phonemize;
 use voxgate_sidecar::voice::{EngineOptions, VoiceCatalog};
@@ -25,6 +26,7 @@ use voxgate_sidecar::voice::{EngineOptions, VoiceCatalog};
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
+    memory::return_freed_memory();
     let config = Config::parse();
     let filter = match EnvFilter::try_new(&config.log) {
         Ok(filter) => filter,
@@ -71,6 +73,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         request_timeout: config.request_timeout(),
         sentence_gap: config.sentence_gap(),
         retry_after_secs: config.retry_after_secs,
+        max_request_audio_seconds: config.max_request_audio_seconds,
+        max_utterance_seconds: config.max_utterance_seconds,
     };
     let phonemizer = config.phonemizer_settings();
     phonemize::configure(phonemizer.clone());

@@ -16,6 +16,8 @@ pub const AUDIO_SECONDS: &str = "voxgate_sidecar_audio_seconds";
 pub const REAL_TIME_FACTOR: &str = "voxgate_sidecar_real_time_factor";
 pub const SENTENCES: &str = "voxgate_sidecar_sentences_total";
 pub const CANCELLED: &str = "voxgate_sidecar_synthesis_cancelled_total";
+pub const INTERRUPTED: &str = "voxgate_sidecar_inference_interrupted_total";
+pub const AUDIO_CHARGED: &str = "voxgate_sidecar_reported_audio_milliseconds_total";
 pub const QUEUE_DEPTH: &str = "voxgate_sidecar_queue_depth";
 pub const IN_FLIGHT: &str = "voxgate_sidecar_in_flight";
 pub const VOICES: &str = "voxgate_sidecar_voices";
@@ -87,10 +89,22 @@ fn describe() {
         REAL_TIME_FACTOR,
         "Synthesis seconds per second of audio produced, per request (below 1 is faster than real time)."
     );
-    describe_counter!(SENTENCES, "Sentences synthesized.");
+    describe_counter!(
+        SENTENCES,
+        "Utterances synthesized: sentences, and the pieces a sentence too long for one model run is cut into."
+    );
     describe_counter!(
         CANCELLED,
         "Syntheses stopped before their last sentence, by reason."
+    );
+    describe_counter!(
+        INTERRUPTED,
+        "Model runs stopped in the middle, by reason (client_disconnected, deadline_exceeded)."
+    );
+    describe_counter!(
+        AUDIO_CHARGED,
+        Unit::Milliseconds,
+        "Audio milliseconds reported to the gateway in x-voxgate-audio-seconds, to be charged to tenants."
     );
     describe_gauge!(QUEUE_DEPTH, "Requests waiting for a synthesis worker.");
     describe_gauge!(IN_FLIGHT, "Syntheses holding a worker.");
@@ -135,6 +149,15 @@ pub fn synthesis_done(voice: &str, synthesis_seconds: f64, audio_seconds: f64) {
         histogram!(REAL_TIME_FACTOR, "voice" => voice.to_owned())
             .record(synthesis_seconds / audio_seconds);
     }
+}
+
+pub fn inference_interrupted(voice: &str, reason: CancelReason) {
+    counter!(INTERRUPTED, "voice" => voice.to_owned(), "reason" => reason.as_str()).increment(1);
+}
+
+/// Audio reported for charging, in milliseconds (counters are integers).
+pub fn audio_reported(seconds: f64) {
+    counter!(AUDIO_CHARGED).increment((seconds * 1000.0).round() as u64);
 }
 
 pub fn synthesis_cancelled(voice: &str, reason: CancelReason) {

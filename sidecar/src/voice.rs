@@ -19,7 +19,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::inference::{
-    GraphOptimization, InferenceError, ModelInput, SessionPool, SessionSettings,
+    GraphOptimization, InferenceError, Interrupt, ModelInput, SessionPool, SessionSettings,
 };
 use crate::phonemize::PhonemizeError;
 use crate::tokenizer::Tokenizer;
@@ -31,6 +31,10 @@ const LENGTH_SCALE_RANGE: (f32, f32) = (0.1, 10.0);
 const NOISE_RANGE: (f32, f32) = (0.0, 2.0);
 /// Most sessions a voice gets by default, whatever the number of cores.
 const MAX_DEFAULT_SESSIONS: usize = 4;
+/// Spoken once when a voice loads to learn how much audio one token id makes
+/// ([`Voice::predict_seconds`]): ordinary prose, long enough to average over phonemes.
+const CALIBRATION_TEXT: &str =
+    "The quick brown fox jumps over the lazy dog, and then it runs back home before dinner.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +144,8 @@ pub struct Voice {
     num_symbols: usize,
     speaker_ids: HashMap<String, u32>,
     pool: SessionPool,
+    /// Seconds of audio one token id makes at length scale 1, measured at load.
+    seconds_per_id: f64,
 }
 
 impl Voice {
@@ -165,7 +171,7 @@ impl Voice {
             .map(|(speaker, &id)| (id, speaker.clone()))
             .collect();
         by_id.sort();
-        Ok(Voice {
+        let mut voice = Voice {
             info: VoiceInfo {
                 name,
                 format: spec.format,
@@ -181,7 +187,42 @@ impl Voice {
             num_symbols: spec.num_symbols,
             speaker_ids: spec.speaker_ids,
             pool,
-        })
+            seconds_per_id: 0.0,
+        };
+        voice.seconds_per_id = voice.calibrate()?;
+        Ok(voice)
+    }
+
+    /// Seconds of audio per token id at length scale 1, from one synthesis of
+    /// [`CALIBRATION_TEXT`] with the voice's default scales.
+    fn calibrate(&self) -> anyhow::Result<f64> {
+        let ids = self
+            .text_to_ids(CALIBRATION_TEXT)
+            .context("phonemizing the calibration text")?;
+        let options = SynthesisOptions {
+            length_scale: Some(1.0),
+            ..SynthesisOptions::default()
+        };
+        let samples = self
+            .synthesize_ids(&ids, &options)
+            .context("synthesizing the calibration text")?;
+        let seconds = samples.len() as f64 / f64::from(self.info.sample_rate);
+        // A model that says nothing for a whole sentence is broken, but predicting zero audio
+        // for it would make every text free: a floor of 10 ms per id keeps costs positive.
+        Ok((seconds / ids.len() as f64).max(0.01))
+    }
+
+    /// Seconds of audio `ids` token ids are expected to make at `length_scale`: durations
+    /// scale with the length scale, and the audio of a VITS voice is close to proportional to
+    /// its phonemes, whatever the text they came from.
+    pub fn predict_seconds(&self, ids: usize, length_scale: f32) -> f64 {
+        let length_scale = length_scale.clamp(LENGTH_SCALE_RANGE.0, LENGTH_SCALE_RANGE.1);
+        ids as f64 * self.seconds_per_id * f64::from(length_scale)
+    }
+
+    /// The length scale a synthesis with `opts` runs at.
+    pub fn length_scale(&self, opts: &SynthesisOptions) -> f32 {
+        self.scales(opts)[1]
     }
 
     pub fn info(&self) -> &VoiceInfo {
@@ -238,6 +279,16 @@ impl Voice {
         ids: &[i64],
         opts: &SynthesisOptions,
     ) -> Result<Vec<f32>, SynthesisError> {
+        self.synthesize_ids_until(ids, opts, &Interrupt::new()?)
+    }
+
+    /// [`Voice::synthesize_ids`], stopped early when `interrupt` is stopped.
+    pub fn synthesize_ids_until(
+        &self,
+        ids: &[i64],
+        opts: &SynthesisOptions,
+        interrupt: &Interrupt,
+    ) -> Result<Vec<f32>, SynthesisError> {
         let speaker = self.check_speaker(opts.speaker)?;
         if ids.is_empty() {
             return Err(SynthesisError::EmptyText);
@@ -256,7 +307,7 @@ impl Voice {
             scales: self.scales(opts),
             speaker: self.pool.takes_speaker().then_some(i64::from(speaker)),
         };
-        let mut samples = self.pool.run(&input)?;
+        let mut samples = self.pool.run(&input, interrupt)?;
         for sample in &mut samples {
             *sample = if sample.is_finite() {
                 sample.clamp(-1.0, 1.0)
@@ -345,6 +396,7 @@ impl VoiceCatalog {
                         sample_rate = voice.info.sample_rate,
                         speakers = voice.info.num_speakers,
                         sessions = voice.concurrency(),
+                        audio_seconds_per_id = format_args!("{:.4}", voice.seconds_per_id),
                         "voice loaded"
                     );
                     voices.insert(name, Arc::new(voice));

@@ -17,6 +17,7 @@ use super::speech::{self, SpeechRequest};
 use super::state::{AppState, LoadedVoices};
 use super::VoiceLabel;
 use crate::audio::AudioFormat;
+use crate::tenants::Tenant;
 
 /// The parameters, each from the first source that has it.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -108,7 +109,10 @@ async fn handle(
         Err(error) => return (None, Err(error)),
     };
     let label = VoiceLabel(request.voice.info().name.clone());
-    (Some(label), speech::respond(state, request).await)
+    (
+        Some(label),
+        speech::respond(state, request, Tenant::from_headers(headers)).await,
+    )
 }
 
 async fn read_params(

@@ -109,6 +109,50 @@ impl ApiError {
         )
     }
 
+    /// 400 for a text whose predicted audio is over the per-request limit.
+    pub fn audio_limit_exceeded(predicted_seconds: f64, limit_seconds: f64) -> Self {
+        Self::invalid_param(
+            "input",
+            "audio_limit_exceeded",
+            format!(
+                "the input would make about {predicted_seconds:.1} s of audio; one request may make at most {limit_seconds:.0} s (max_request_audio_seconds)"
+            ),
+        )
+    }
+
+    /// 400 for a text whose predicted audio is more than the tenant's audio bucket holds.
+    pub fn audio_exceeds_plan(predicted_seconds: f64, capacity_seconds: f64) -> Self {
+        Self::invalid_param(
+            "input",
+            "audio_exceeds_plan",
+            format!(
+                "the input would make about {predicted_seconds:.1} s of audio, more than the plan's audio_seconds limit of {capacity_seconds:.0} s allows in one request"
+            ),
+        )
+    }
+
+    /// 429 for a text whose predicted audio is more than the tenant has left; the gateway adds
+    /// `Retry-After` and the rate-limit headers, since it knows the refill rate.
+    pub fn audio_budget_exceeded(required_seconds: f64, budget_seconds: f64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "rate limit reached (audio_seconds): this request needs {required_seconds:.1} s of audio budget and {budget_seconds:.1} s are left"
+            ),
+        )
+    }
+
+    /// 429 for a tenant whose syntheses already running here reach its plan's cap.
+    pub fn too_many_in_flight(max: u32) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_in_flight",
+            format!("too many syntheses running for this caller (at most {max}); retry after 1 s"),
+        )
+        .retry_after(1)
+    }
+
     pub fn internal(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, code, message)
     }

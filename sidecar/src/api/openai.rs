@@ -16,6 +16,7 @@ use super::speech::{self, SpeechRequest};
 use super::state::{AppState, LoadedVoices};
 use super::VoiceLabel;
 use crate::audio::AudioFormat;
+use crate::tenants::Tenant;
 use crate::voice::Voice;
 
 /// Model names accepted besides the name of a loaded voice; all mean "the chosen voice".
@@ -65,7 +66,10 @@ async fn handle(
         Err(error) => return (None, Err(error)),
     };
     let label = VoiceLabel(request.voice.info().name.clone());
-    (Some(label), speech::respond(state, request).await)
+    (
+        Some(label),
+        speech::respond(state, request, Tenant::from_headers(headers)).await,
+    )
 }
 
 async fn read_fields(

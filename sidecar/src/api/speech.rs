@@ -1,6 +1,8 @@
 //! What both speech APIs share: checks on the input text, speaker and speed, and the answer
-//! to a validated request: admission, synthesis sentence by sentence, then either a complete
-//! file or a chunked stream whose first chunk leaves with the first sentence.
+//! to a validated request: its cost (predicted audio) checked against the per-request limit
+//! and the tenant's budget, admission, synthesis utterance by utterance, then either a complete
+//! file or a chunked stream whose first chunk leaves with the first utterance. Every answer to
+//! a tenant reports in `x-voxgate-audio-seconds` the audio seconds the gateway is to charge.
 
 use std::sync::Arc;
 
@@ -16,8 +18,12 @@ use super::errors::ApiError;
 use super::state::AppState;
 use super::synthesis::{self, Chunk, JobError, SynthesisJob, TextDigest};
 use crate::audio::{self, AudioFormat};
+use crate::inference::Interrupt;
+use crate::metrics;
 use crate::phonemize::PhonemizeError;
+use crate::tenants::{Charge, Refusal, Tenant};
 use crate::text::split_sentences;
+use crate::utterance::{self, Script};
 use crate::voice::{SynthesisError, SynthesisOptions, Voice};
 
 pub const MIN_SPEED: f64 = 0.25;
@@ -25,6 +31,10 @@ pub const MAX_SPEED: f64 = 4.0;
 
 /// Response header carrying the sample rate, which raw PCM cannot carry itself.
 pub const SAMPLE_RATE_HEADER: &str = "x-sample-rate";
+/// Response header: audio seconds the gateway charges to the tenant for this answer.
+pub const AUDIO_SECONDS_HEADER: &str = "x-voxgate-audio-seconds";
+/// Response header of a budget refusal: audio seconds the tenant needs to have left.
+pub const AUDIO_REQUIRED_HEADER: &str = "x-voxgate-audio-required";
 
 /// A request both APIs have validated and resolved against the voices.
 pub struct SpeechRequest {
@@ -133,10 +143,57 @@ pub fn digest(text: &str) -> TextDigest {
     }
 }
 
-/// Admits, synthesizes and answers one request.
-pub async fn respond(state: &AppState, request: SpeechRequest) -> Result<Response, ApiError> {
+/// Prices, admits, synthesizes and answers one request, and reports its cost.
+pub async fn respond(
+    state: &AppState,
+    request: SpeechRequest,
+    tenant: Tenant,
+) -> Result<Response, ApiError> {
+    let mut charge = None;
+    let answer = answer(state, request, &tenant, &mut charge).await;
+    let mut response = match answer {
+        Ok(response) => response,
+        Err(error) => {
+            // A failed request is not charged its prediction; whatever it synthesized is owed
+            // once the synthesis has stopped, and reported with a later answer.
+            charge = None;
+            error.into_response()
+        }
+    };
+    let reported = match charge.as_deref().and_then(Charge::report) {
+        Some(seconds) => seconds,
+        None => state.ledger().take_owed(&tenant),
+    };
+    if reported > 0.0 {
+        metrics::audio_reported(reported);
+        response
+            .headers_mut()
+            .insert(AUDIO_SECONDS_HEADER, seconds_value(reported));
+    }
+    Ok(response)
+}
+
+async fn answer(
+    state: &AppState,
+    request: SpeechRequest,
+    tenant: &Tenant,
+    charge_out: &mut Option<Arc<Charge>>,
+) -> Result<Response, ApiError> {
     let limits = state.limits();
     let deadline = Instant::now() + limits.request_timeout;
+    let script = prepare(&request, limits.max_utterance_seconds, deadline).await?;
+    let cost = script.predicted_seconds();
+    if cost > limits.max_request_audio_seconds {
+        return Err(ApiError::audio_limit_exceeded(
+            cost,
+            limits.max_request_audio_seconds,
+        ));
+    }
+    let admitted = match state.ledger().admit(tenant, cost) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Ok(refused(refusal)),
+    };
+    *charge_out = admitted.charge.clone();
     let permit = match timeout_at(deadline, state.admission().admit()).await {
         Ok(Ok(permit)) => permit,
         Ok(Err(_queue_full)) => {
@@ -151,15 +208,19 @@ pub async fn respond(state: &AppState, request: SpeechRequest) -> Result<Respons
     };
 
     let sample_rate = request.voice.info().sample_rate;
+    let interrupt = Interrupt::new()
+        .map_err(|_| ApiError::internal("synthesis_failed", "synthesis could not start"))?;
     let job = SynthesisJob {
         digest: digest(&request.text),
-        sentences: split_sentences(&request.text),
+        utterances: script.utterances,
         voice: request.voice,
         options: request.options,
         gap: limits.sentence_gap,
         deadline: deadline.into_std(),
+        charge: admitted.charge,
+        running: admitted.running,
     };
-    let mut chunks = synthesis::start(job, permit);
+    let mut chunks = synthesis::start(job, permit, interrupt);
 
     let first = match next_chunk(&mut chunks, deadline).await? {
         Some(first) => first,
@@ -178,6 +239,58 @@ pub async fn respond(state: &AppState, request: SpeechRequest) -> Result<Respons
         pcm.extend_from_slice(&chunk);
     }
     Ok(complete_response(request.format, sample_rate, pcm))
+}
+
+/// Splits and phonemizes the text (on the blocking pool: the phonemizer waits on pipes).
+async fn prepare(
+    request: &SpeechRequest,
+    max_utterance_seconds: f64,
+    deadline: Instant,
+) -> Result<Script, ApiError> {
+    let voice = Arc::clone(&request.voice);
+    let text = request.text.clone();
+    let options = request.options.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        utterance::prepare(
+            &voice,
+            &split_sentences(&text),
+            &options,
+            max_utterance_seconds,
+        )
+    });
+    match timeout_at(deadline, task).await {
+        Err(_elapsed) => Err(ApiError::deadline_exceeded()),
+        Ok(Err(_join)) => Err(ApiError::internal(
+            "synthesis_failed",
+            "preparing the text failed; see the service log",
+        )),
+        Ok(Ok(Ok(script))) if script.utterances.is_empty() => {
+            Err(job_error(JobError::NothingToSay))
+        }
+        Ok(Ok(Ok(script))) => Ok(script),
+        Ok(Ok(Err(error))) => Err(job_error(JobError::Synthesis(error))),
+    }
+}
+
+/// The answer to a request the tenant's budget or in-flight cap does not allow.
+fn refused(refusal: Refusal) -> Response {
+    match refusal {
+        Refusal::OverCapacity { required, capacity } => {
+            ApiError::audio_exceeds_plan(required, capacity).into_response()
+        }
+        Refusal::OverBudget { required, budget } => {
+            let mut response = ApiError::audio_budget_exceeded(required, budget).into_response();
+            response
+                .headers_mut()
+                .insert(AUDIO_REQUIRED_HEADER, seconds_value(required));
+            response
+        }
+        Refusal::TooManyInFlight { max } => ApiError::too_many_in_flight(max).into_response(),
+    }
+}
+
+fn seconds_value(seconds: f64) -> HeaderValue {
+    HeaderValue::from_str(&format!("{seconds:.3}")).unwrap_or(HeaderValue::from_static("0"))
 }
 
 async fn next_chunk(

@@ -1,4 +1,4 @@
-//! State shared by the handlers: request limits, the admission queue, the voices once they
+//! State shared by the handlers: request limits, the admission queue, the tenant ledger, the voices once they
 //! are loaded, whether the service is draining for shutdown, and the metrics renderer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::errors::ApiError;
 use crate::admission::Admission;
+use crate::tenants::Ledger;
 use crate::voice::{Voice, VoiceCatalog};
 
 /// Request limits and timings taken from the configuration.
@@ -20,6 +21,10 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub sentence_gap: Duration,
     pub retry_after_secs: u64,
+    /// Largest predicted audio of one request, in seconds.
+    pub max_request_audio_seconds: f64,
+    /// Largest predicted audio of one model run: bounds its memory and its duration.
+    pub max_utterance_seconds: f64,
 }
 
 /// The catalog and the voice used when a request names none.
@@ -69,6 +74,7 @@ pub struct AppState {
 struct Shared {
     limits: Limits,
     admission: Admission,
+    ledger: Ledger,
     voices: OnceLock<LoadedVoices>,
     draining: AtomicBool,
     metrics: PrometheusHandle,
@@ -80,6 +86,7 @@ impl AppState {
             shared: Arc::new(Shared {
                 limits,
                 admission,
+                ledger: Ledger::default(),
                 voices: OnceLock::new(),
                 draining: AtomicBool::new(false),
                 metrics,
@@ -119,6 +126,11 @@ impl AppState {
 
     pub fn admission(&self) -> &Admission {
         &self.shared.admission
+    }
+
+    /// What runs, is reserved and is owed per tenant.
+    pub fn ledger(&self) -> &Ledger {
+        &self.shared.ledger
     }
 
     pub fn metrics(&self) -> &PrometheusHandle {

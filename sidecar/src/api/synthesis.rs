@@ -1,7 +1,8 @@
-//! One request's synthesis, run on a blocking thread sentence by sentence. Each sentence's
-//! audio (16-bit PCM, preceded by the gap of silence after the first) is sent through a
-//! channel as soon as it exists. Before each sentence the job stops if the receiver is gone
-//! (the client disconnected) or the deadline has passed, so abandoned work ends early.
+//! One request's synthesis, run on a blocking thread utterance by utterance. Each utterance's
+//! audio (16-bit PCM, preceded by the gap of silence between sentences) is sent through a
+//! channel as soon as it exists. When the receiver is gone (the client disconnected) or the
+//! deadline passes, a watcher stops the model run in progress, so abandoned work ends within
+//! milliseconds rather than at the end of a sentence.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,10 @@ use tracing::{info, warn};
 
 use crate::admission::WorkerPermit;
 use crate::audio;
+use crate::inference::{InferenceError, Interrupt};
 use crate::metrics::{self, CancelReason};
+use crate::tenants::{Charge, Running};
+use crate::utterance::Utterance;
 use crate::voice::{SynthesisError, SynthesisOptions, Voice};
 
 /// Why a synthesis ended without all its audio.
@@ -38,11 +42,15 @@ pub struct TextDigest {
 
 pub struct SynthesisJob {
     pub voice: Arc<Voice>,
-    pub sentences: Vec<String>,
+    pub utterances: Vec<Utterance>,
     pub options: SynthesisOptions,
     pub gap: Duration,
     pub deadline: Instant,
     pub digest: TextDigest,
+    /// The tenant's charge, told how much audio was made.
+    pub charge: Option<Arc<Charge>>,
+    /// The tenant's running slot, held until the last model run is over.
+    pub running: Option<Running>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,19 +60,35 @@ enum Outcome {
     Failed,
 }
 
-/// Starts the job on the blocking pool. It holds `permit` until its last sentence is done,
+/// Starts the job on the blocking pool. It holds `permit` until its last utterance is done,
 /// so a worker slot stays taken exactly as long as inference runs.
-pub fn start(job: SynthesisJob, permit: WorkerPermit) -> mpsc::UnboundedReceiver<Chunk> {
+pub fn start(
+    job: SynthesisJob,
+    permit: WorkerPermit,
+    interrupt: Interrupt,
+) -> mpsc::UnboundedReceiver<Chunk> {
     let (sender, receiver) = mpsc::unbounded_channel();
+    let interrupt = Arc::new(interrupt);
+    let watcher = tokio::spawn(watch(sender.clone(), Arc::clone(&interrupt), job.deadline));
     tokio::task::spawn_blocking(move || {
-        job.run(&sender);
+        job.run(&sender, &interrupt);
+        watcher.abort();
         drop(permit);
     });
     receiver
 }
 
+/// Stops the job's model run as soon as its client is gone or its deadline has passed.
+async fn watch(sender: mpsc::UnboundedSender<Chunk>, interrupt: Arc<Interrupt>, deadline: Instant) {
+    tokio::select! {
+        () = sender.closed() => {}
+        () = tokio::time::sleep_until(deadline.into()) => {}
+    }
+    interrupt.stop();
+}
+
 impl SynthesisJob {
-    fn run(self, sender: &mpsc::UnboundedSender<Chunk>) {
+    fn run(mut self, sender: &mpsc::UnboundedSender<Chunk>, interrupt: &Interrupt) {
         let info = self.voice.info();
         let gap_samples = audio::samples_for(self.gap, info.sample_rate);
         let started = Instant::now();
@@ -73,7 +97,7 @@ impl SynthesisJob {
         let mut spoken = 0usize;
         let mut outcome = Outcome::Completed;
 
-        for sentence in &self.sentences {
+        for utterance in &self.utterances {
             if sender.is_closed() {
                 outcome = Outcome::Cancelled(CancelReason::ClientDisconnected);
                 break;
@@ -83,12 +107,25 @@ impl SynthesisJob {
                 let _ = sender.send(Err(JobError::DeadlineExceeded));
                 break;
             }
-            let sentence_started = Instant::now();
-            let result = self.voice.synthesize(sentence, &self.options);
-            inference += sentence_started.elapsed();
+            let utterance_started = Instant::now();
+            let result = self
+                .voice
+                .synthesize_ids_until(&utterance.ids, &self.options, interrupt);
+            inference += utterance_started.elapsed();
             let samples = match result {
                 Ok(samples) => samples,
                 Err(SynthesisError::EmptyText) => continue,
+                Err(SynthesisError::Inference(InferenceError::Stopped)) => {
+                    let reason = if sender.is_closed() {
+                        CancelReason::ClientDisconnected
+                    } else {
+                        let _ = sender.send(Err(JobError::DeadlineExceeded));
+                        CancelReason::DeadlineExceeded
+                    };
+                    metrics::inference_interrupted(&info.name, reason);
+                    outcome = Outcome::Cancelled(reason);
+                    break;
+                }
                 Err(error) => {
                     warn!(voice = %info.name, chars = self.digest.chars, text_hash = %self.digest.hash,
                           error = %error, "synthesis failed");
@@ -99,7 +136,7 @@ impl SynthesisJob {
             };
             metrics::sentence_synthesized(&info.name);
             let mut chunk = Vec::new();
-            if spoken > 0 {
+            if spoken > 0 && !utterance.continues_sentence {
                 audio::append_silence(&mut chunk, gap_samples);
             }
             audio::append_pcm16le(&mut chunk, &samples);
@@ -117,6 +154,12 @@ impl SynthesisJob {
 
         let audio_seconds = audio::pcm_seconds(pcm_bytes, info.sample_rate);
         let inference_seconds = inference.as_secs_f64();
+        if let Some(charge) = self.charge.take() {
+            charge.synthesized(audio_seconds);
+        }
+        drop(self.running.take());
+        crate::memory::trim();
+        let predicted_seconds: f64 = self.utterances.iter().map(|u| u.predicted_seconds).sum();
         if spoken > 0 {
             metrics::synthesis_done(&info.name, inference_seconds, audio_seconds);
         }
@@ -127,8 +170,9 @@ impl SynthesisJob {
             voice = %info.name,
             chars = self.digest.chars,
             text_hash = %self.digest.hash,
-            sentences = self.sentences.len(),
+            utterances = self.utterances.len(),
             spoken,
+            predicted_audio_seconds = format_args!("{predicted_seconds:.2}"),
             audio_seconds = format_args!("{audio_seconds:.2}"),
             inference_seconds = format_args!("{inference_seconds:.3}"),
             elapsed_seconds = format_args!("{:.3}", started.elapsed().as_secs_f64()),
