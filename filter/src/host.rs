@@ -50,6 +50,8 @@ pub trait Host: SharedStore {
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// Removes every value of a request header.
     fn remove_request_header(&self, name: &str) -> Result<(), HostError>;
+    /// The upstream response's headers (`:status` among them), as they arrived.
+    fn response_headers(&self) -> Result<Headers, HostError>;
     /// Adds a header to the upstream response on its way to the client.
     fn add_response_header(&self, name: &str, value: &str) -> Result<(), HostError>;
     /// The first `size` bytes of the buffered request body.
@@ -315,6 +317,10 @@ impl Host for ProxyHost {
         check("proxy_remove_header_map_value", status)
     }
 
+    fn response_headers(&self) -> Result<Headers, HostError> {
+        self.header_map("proxy_get_header_map_pairs", abi::MAP_RESPONSE_HEADERS)
+    }
+
     fn add_response_header(&self, name: &str, value: &str) -> Result<(), HostError> {
         let status = unsafe {
             abi::proxy_add_header_map_value(
@@ -568,6 +574,10 @@ pub mod fake {
         fn remove_request_header(&self, name: &str) -> Result<(), HostError> {
             self.request_headers.borrow_mut().retain(|(n, _)| n != name);
             Ok(())
+        }
+
+        fn response_headers(&self) -> Result<Headers, HostError> {
+            Ok(self.response_headers.borrow().clone())
         }
 
         fn add_response_header(&self, name: &str, value: &str) -> Result<(), HostError> {

@@ -4,7 +4,9 @@
 //! verified tokens, else failed-auth bucket and verification → forwarded identity → (speech
 //! routes) content type, declared length.
 //! Body (speech POST): buffered up to the byte limit, then validated. Then the rate limits,
-//! and only then does the request continue: the upstream never sees a refused request.
+//! and only then does the request continue: the upstream never sees a refused request. With
+//! an audio budget, the caller's balance goes along (`x-voxgate-audio-*`), and the audio
+//! seconds the sidecar's answer reports are charged when the answer's headers arrive.
 //! The headers wait with the body unless `hold_headers_for_body` is off; then they go on at
 //! once and the next filter (Envoy's buffer filter, in a mesh) holds them.
 //! Any unexpected host or store error refuses the request (500), never lets it through.
@@ -18,7 +20,7 @@ use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
-use crate::ratelimit::{Identity, StoreError};
+use crate::ratelimit::{AudioBudget, Identity, StoreError};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Route};
 use crate::validate::Api;
@@ -34,6 +36,16 @@ const UNKNOWN_CLIENT: &str = "unknown";
 
 /// Prefix of the headers the filter owns towards the upstream.
 const OWN_HEADER_PREFIX: &str = "x-voxgate-";
+
+/// Headers that tell the sidecar the caller's audio budget (see `tenants` in the sidecar).
+const TENANT_HEADER: &str = "x-voxgate-tenant";
+const AUDIO_BUDGET_HEADER: &str = "x-voxgate-audio-budget";
+const AUDIO_CAPACITY_HEADER: &str = "x-voxgate-audio-capacity";
+const MAX_IN_FLIGHT_HEADER: &str = "x-voxgate-max-in-flight";
+/// Response headers of the sidecar: the audio seconds to charge, and on a 429 for the audio
+/// budget, the seconds the request needs.
+const AUDIO_SECONDS_HEADER: &str = "x-voxgate-audio-seconds";
+const AUDIO_REQUIRED_HEADER: &str = "x-voxgate-audio-required";
 
 /// Why the flow stopped a request.
 enum Stop {
@@ -168,16 +180,61 @@ impl RequestFlow {
         self.settle(host, &guard, result)
     }
 
-    /// Adds the rate-limit headers to the upstream's answer.
+    /// Charges the audio the upstream's answer reports, and adds the rate-limit headers.
     pub fn on_response_headers(&mut self, host: &dyn Host) -> Action {
-        if self.stage == Stage::Forwarded {
-            for (name, value) in &self.rate_limit_headers {
-                if let Err(e) = host.add_response_header(name, value) {
-                    host.log(LogLevel::Warn, &format!("voxgate: rate-limit header not added: {e}"));
+        if self.stage != Stage::Forwarded {
+            return Action::Continue;
+        }
+        if let Some(guard) = self.guard.clone() {
+            if self.route.as_ref().is_some_and(Route::is_speech) {
+                if let Err(e) = self.settle_audio(host, &guard) {
+                    host.log(LogLevel::Error, &format!("voxgate: audio not charged: {e}"));
                 }
             }
         }
+        for (name, value) in &self.rate_limit_headers {
+            if let Err(e) = host.add_response_header(name, value) {
+                host.log(LogLevel::Warn, &format!("voxgate: rate-limit header not added: {e}"));
+            }
+        }
         Action::Continue
+    }
+
+    /// Charges the answer's `x-voxgate-audio-seconds` to the caller; when the sidecar refused
+    /// the request for the audio budget, replaces the rate-limit headers with that budget's,
+    /// and a `Retry-After` from its refill rate.
+    fn settle_audio(&mut self, host: &dyn Host, guard: &Guard) -> Result<(), String> {
+        let headers = host.response_headers().map_err(|e| e.to_string())?;
+        let seconds = |name: &str| {
+            header(&headers, name)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+        };
+        let charged = seconds(AUDIO_SECONDS_HEADER);
+        let required = (header(&headers, ":status") == Some("429")).then(|| seconds(AUDIO_REQUIRED_HEADER)).flatten();
+        if charged.is_none() && required.is_none() {
+            return Ok(());
+        }
+        let limiter = &guard.config.rate_limits;
+        let now_ms = self.now_ms(host).map_err(|e| e.to_string())?;
+        self.now_ms = None;
+        let who = Identity {
+            subject: self.subject.as_deref(),
+            plan: self.plan.as_deref(),
+            client_addr: self.client_ip.as_deref().unwrap_or_default(),
+        };
+        if let Some(charged) = charged {
+            let retries = limiter.charge_audio(host, now_ms, &who, charged).map_err(store_message)?;
+            guard.metrics.cas_retries(host, retries);
+            guard.metrics.audio_charged(host, charged);
+        }
+        if let Some(required) = required {
+            if let Some(refusal) = limiter.audio_refusal(host, now_ms, &who, required).map_err(store_message)? {
+                guard.metrics.rate_limited(host, refusal.limit);
+                self.rate_limit_headers = refusal.headers;
+            }
+        }
+        Ok(())
     }
 
     /// The stream is over: give back the in-flight slot it held.
@@ -194,10 +251,7 @@ impl RequestFlow {
             client_addr: self.client_ip.as_deref().unwrap_or_default(),
         };
         if let Err(e) = guard.config.rate_limits.release_in_flight(host, &who) {
-            let message = match e {
-                StoreError::CasMismatch => "CAS retries exhausted".to_string(),
-                StoreError::Other(m) => m,
-            };
+            let message = store_message(e);
             host.log(
                 LogLevel::Error,
                 &format!("voxgate: in-flight slot not released: {message}"),
@@ -438,6 +492,9 @@ impl RequestFlow {
                 );
             }
         }
+        if let Some(audio) = &verdict.audio {
+            forward_audio_budget(host, audio)?;
+        }
         self.holds_in_flight = verdict.in_flight_lease;
         self.rate_limit_headers = verdict.headers;
         guard.metrics.characters_admitted(host, chars);
@@ -465,6 +522,26 @@ impl RequestFlow {
             self.client_ip = Some(ip_without_port(host.client_address()?.as_deref()));
         }
         Ok(self.client_ip.as_deref().unwrap_or(UNKNOWN_CLIENT))
+    }
+}
+
+/// Tells the sidecar what the caller may still spend, so that it refuses a text priced above
+/// that before synthesizing it.
+fn forward_audio_budget(host: &dyn Host, audio: &AudioBudget) -> Result<(), HostError> {
+    host.set_request_header(TENANT_HEADER, &audio.tenant)?;
+    let balance = format!("{}.{:03}", audio.balance_ms / 1000, audio.balance_ms % 1000);
+    host.set_request_header(AUDIO_BUDGET_HEADER, &balance)?;
+    host.set_request_header(AUDIO_CAPACITY_HEADER, &audio.capacity_seconds.to_string())?;
+    if let Some(max) = audio.max_in_flight {
+        host.set_request_header(MAX_IN_FLIGHT_HEADER, &max.to_string())?;
+    }
+    Ok(())
+}
+
+fn store_message(error: StoreError) -> String {
+    match error {
+        StoreError::CasMismatch => "CAS retries exhausted".to_string(),
+        StoreError::Other(message) => message,
     }
 }
 
@@ -1081,6 +1158,58 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&speech_headers(&token("oscar"))), Some(&too_long));
         assert_refused(&host, &exchange, 400, "text_exceeds_plan");
         assert_eq!(host.counter("voxgate.rate_limited.subject_characters"), 1, "a 400 is not a rate limit");
+    }
+
+    /// The sidecar's answer to a forwarded request, as the flow sees its headers.
+    fn answer(host: &FakeHost, exchange: &mut Exchange, headers: &[(&str, &str)]) {
+        *host.response_headers.borrow_mut() = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert_eq!(exchange.flow.on_response_headers(host), Action::Continue);
+        exchange.flow.on_log(host);
+    }
+
+    #[test]
+    fn audio_seconds_are_forwarded_as_a_budget_and_charged_after_the_answer() {
+        let mut config = config();
+        config["rate_limits"]["plans"]["free"]["audio_seconds"] = json!({"capacity": 20, "refill_per_second": 1.0});
+        config["rate_limits"]["plans"]["free"]["characters"] = json!({"capacity": 1000, "refill_per_second": 0});
+        let guard = guard_from(config);
+        let host = host();
+        let body = speech_body("hi there");
+
+        let mut exchange = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_forwarded(&host, &exchange);
+        let tenant = host.request_header("x-voxgate-tenant").expect("tenant");
+        assert_eq!(tenant.len(), 16, "{tenant}");
+        assert_eq!(host.request_header("x-voxgate-audio-budget").as_deref(), Some("20.000"));
+        assert_eq!(host.request_header("x-voxgate-audio-capacity").as_deref(), Some("20"));
+        assert_eq!(host.request_header("x-voxgate-max-in-flight").as_deref(), Some("2"));
+        answer(&host, &mut exchange, &[(":status", "200"), ("x-voxgate-audio-seconds", "25.500")]);
+        assert_eq!(host.counter("voxgate.audio_milliseconds_charged"), 25_500);
+
+        // 5.5 s in debt at 1 s/s: refused until repaid, and told when.
+        let exchange = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        let sent = assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(sent.header("retry-after"), Some("6"));
+        assert_eq!(host.counter("voxgate.rate_limited.subject_audio_seconds"), 1);
+        // Listing voices costs no audio, so a subject in debt still may.
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("dave"))))), None);
+        assert_forwarded(&host, &exchange);
+        // Another subject has its own budget.
+        let exchange = send(&guard, &host, &refs(&speech_headers(&token("erin"))), Some(&body));
+        assert_forwarded(&host, &exchange);
+        assert_ne!(host.request_header("x-voxgate-tenant"), Some(tenant.clone()));
+
+        host.advance(6_000);
+        let mut exchange = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-audio-budget").as_deref(), Some("0.500"));
+        // The sidecar priced this one at 3 s: refused there, and the filter says when to retry.
+        answer(&host, &mut exchange, &[(":status", "429"), ("x-voxgate-audio-required", "3.000")]);
+        let retry = host.response_header("retry-after");
+        assert_eq!(retry.as_deref(), Some("3"), "2.5 s missing at 1 s/s");
+        assert!(host.response_header("x-ratelimit-limit").is_some_and(|v| v.contains("subject_audio_seconds")));
+        assert_eq!(host.counter("voxgate.rate_limited.subject_audio_seconds"), 2);
+        assert_eq!(host.counter("voxgate.audio_milliseconds_charged"), 25_500, "a refusal costs nothing");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `voxgate.token_cache.<result>`            | `voxgate_token_cache{result="hit"\|"miss"}`       |
 //! | `voxgate.jwks_fetch.<provider>.<result>`  | `voxgate_jwks_fetch{provider="…",result="ok"\|"failed"}` |
 //! | `voxgate.characters_admitted`             | `voxgate_characters_admitted`                     |
+//! | `voxgate.audio_milliseconds_charged`      | `voxgate_audio_milliseconds_charged`              |
 //! | `voxgate.cas_retries`                     | `voxgate_cas_retries`                             |
 //!
 //! `stats_tags` for the Envoy bootstrap (see [`STATS_TAGS`]):
@@ -68,6 +69,7 @@ impl Metrics {
     pub fn define_common(&self, host: &dyn Host, providers: &[String]) {
         self.add(host, ALLOWED, 0);
         self.add(host, "voxgate.characters_admitted", 0);
+        self.add(host, "voxgate.audio_milliseconds_charged", 0);
         self.add(host, "voxgate.cas_retries", 0);
         self.add(host, "voxgate.token_cache.hit", 0);
         self.add(host, "voxgate.token_cache.miss", 0);
@@ -96,6 +98,14 @@ impl Metrics {
     pub fn characters_admitted(&self, host: &dyn Host, chars: u64) {
         if chars > 0 {
             self.add(host, "voxgate.characters_admitted", chars);
+        }
+    }
+
+    /// Audio the sidecar reported and the filter charged, in milliseconds.
+    pub fn audio_charged(&self, host: &dyn Host, seconds: f64) {
+        let millis = (seconds * 1000.0).round() as u64;
+        if millis > 0 {
+            self.add(host, "voxgate.audio_milliseconds_charged", millis);
         }
     }
 

@@ -5,6 +5,10 @@
 //! second. Counting tokens in micro-tokens makes that exactly `r` micro-tokens per millisecond,
 //! so a refill computed from elapsed milliseconds is an exact integer: no rounding, no drift,
 //! however often the bucket is updated.
+//!
+//! A bucket that may go into debt (audio seconds, whose cost is known only after the sidecar
+//! has priced the text) stores its level shifted up by its capacity, so one unsigned number
+//! still holds it: a stored 0 is a debt of a whole capacity, the most it can owe.
 
 /// Micro-tokens per token.
 pub(crate) const MICRO: u64 = 1_000_000;
@@ -20,6 +24,8 @@ pub const NEVER_REFILLS_SECS: u64 = 86_400;
 pub struct BucketSpec {
     capacity: u64,
     refill_milli_per_sec: u64,
+    /// Charged after the fact and may go below zero; admits only while above zero.
+    debt: bool,
 }
 
 /// A bucket's level in micro-tokens, as of `last_ms` (milliseconds on the host clock).
@@ -40,7 +46,12 @@ impl BucketSpec {
     /// `capacity` in tokens (1..=`MAX_CAPACITY`, checked by the configuration),
     /// refill in thousandths of a token per second.
     pub fn new(capacity: u64, refill_milli_per_sec: u64) -> Self {
-        BucketSpec { capacity: capacity.min(MAX_CAPACITY), refill_milli_per_sec }
+        BucketSpec { capacity: capacity.min(MAX_CAPACITY), refill_milli_per_sec, debt: false }
+    }
+
+    /// The same bucket, allowed to owe up to its capacity (see `charge_after`).
+    pub fn with_debt(self) -> Self {
+        BucketSpec { debt: true, ..self }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -49,6 +60,25 @@ impl BucketSpec {
 
     fn capacity_micro(&self) -> u64 {
         self.capacity * MICRO
+    }
+
+    /// Where zero is in the stored level: a debt bucket's level is kept shifted by its capacity.
+    fn offset_micro(&self) -> u64 {
+        if self.debt {
+            self.capacity_micro()
+        } else {
+            0
+        }
+    }
+
+    /// The highest stored level: full.
+    fn stored_cap(&self) -> u64 {
+        self.capacity_micro() + self.offset_micro()
+    }
+
+    /// The level in micro-tokens, negative while in debt.
+    pub(crate) fn balance_micro(&self, state: BucketState) -> i128 {
+        i128::from(state.tokens.min(self.stored_cap())) - i128::from(self.offset_micro())
     }
 
     /// Micro-tokens added per second.
@@ -60,7 +90,7 @@ impl BucketSpec {
     /// A clock that reads earlier than `last_ms` (another worker wrote with a later clock)
     /// adds nothing and keeps `last_ms`, so time is never counted twice.
     pub(crate) fn refill(&self, state: BucketState, now_ms: u64) -> BucketState {
-        let cap = self.capacity_micro();
+        let cap = self.stored_cap();
         let tokens = state.tokens.min(cap);
         if now_ms <= state.last_ms {
             return BucketState { tokens, last_ms: state.last_ms };
@@ -72,22 +102,47 @@ impl BucketSpec {
     }
 
     /// Micro-tokens missing for `cost` tokens (0 when the bucket can pay). A cost larger than
-    /// the capacity is a deficit that no wait can cover.
+    /// the capacity is a deficit that no wait can cover. A debt bucket is charged only after
+    /// the fact (`charge_after`): any cost above zero asks just for a level above zero, so a
+    /// request is admitted against it only while nothing is owed.
     pub(crate) fn deficit(&self, state: BucketState, cost: u64) -> u128 {
-        let cost_micro = u128::from(cost) * u128::from(MICRO);
-        cost_micro.saturating_sub(u128::from(state.tokens.min(self.capacity_micro())))
+        let needed = match (self.debt, cost) {
+            (_, 0) => return 0,
+            (true, _) => 1,
+            (false, cost) => i128::from(cost) * i128::from(MICRO),
+        };
+        self.deficit_micro(state, needed)
     }
 
-    /// Removes `cost` tokens; the caller has checked `deficit(..) == 0`.
+    /// Micro-tokens missing for a level of `needed_micro`.
+    pub(crate) fn deficit_micro(&self, state: BucketState, needed_micro: i128) -> u128 {
+        u128::try_from(needed_micro - self.balance_micro(state)).unwrap_or(0)
+    }
+
+    /// Removes `cost` tokens; the caller has checked `deficit(..) == 0`. A debt bucket takes
+    /// nothing here: its cost is known only later.
     pub(crate) fn take(&self, state: &mut BucketState, cost: u64) {
-        let tokens = state.tokens.min(self.capacity_micro());
+        if self.debt {
+            return;
+        }
+        let tokens = state.tokens.min(self.stored_cap());
         state.tokens = tokens.saturating_sub(cost.saturating_mul(MICRO));
     }
 
-    /// Gives back `cost` tokens, never above capacity.
+    /// Charges `cost_micro` that was already spent: the level may go below zero, down to
+    /// minus the capacity.
+    pub(crate) fn charge_after(&self, state: &mut BucketState, cost_micro: u64) {
+        state.tokens = state.tokens.min(self.stored_cap()).saturating_sub(cost_micro);
+    }
+
+    /// Gives back `cost` tokens, never above capacity; what `take` took, so nothing for a debt
+    /// bucket.
     pub(crate) fn refund(&self, state: &mut BucketState, cost: u64) {
-        let tokens = state.tokens.min(self.capacity_micro());
-        state.tokens = tokens.saturating_add(cost.saturating_mul(MICRO)).min(self.capacity_micro());
+        if self.debt {
+            return;
+        }
+        let tokens = state.tokens.min(self.stored_cap());
+        state.tokens = tokens.saturating_add(cost.saturating_mul(MICRO)).min(self.stored_cap());
     }
 
     /// Whole seconds until the refill covers `deficit_micro`, rounded up, at least 1:
@@ -103,7 +158,7 @@ impl BucketSpec {
 
     /// Whole seconds until the bucket is full again (0 when full).
     pub(crate) fn reset_secs(&self, state: BucketState) -> u64 {
-        let missing = u128::from(self.capacity_micro() - state.tokens.min(self.capacity_micro()));
+        let missing = u128::from(self.stored_cap() - state.tokens.min(self.stored_cap()));
         if missing == 0 {
             return 0;
         }
@@ -112,11 +167,11 @@ impl BucketSpec {
 
     /// Whole tokens left.
     pub(crate) fn remaining(&self, state: BucketState) -> u64 {
-        state.tokens.min(self.capacity_micro()) / MICRO
+        u64::try_from(self.balance_micro(state).max(0)).unwrap_or(0) / MICRO
     }
 
     pub(crate) fn is_full(&self, state: BucketState) -> bool {
-        state.tokens >= self.capacity_micro()
+        state.tokens >= self.stored_cap()
     }
 
     /// Seconds to refill an empty bucket, the policy window advertised in rate-limit headers;
@@ -130,6 +185,7 @@ impl BucketSpec {
         BucketSpec {
             capacity: self.capacity.min(other.capacity),
             refill_milli_per_sec: self.refill_milli_per_sec.min(other.refill_milli_per_sec),
+            debt: self.debt || other.debt,
         }
     }
 }
@@ -256,6 +312,31 @@ mod tests {
         spec.refund(&mut s, 20);
         assert!(spec.is_full(s));
         assert_eq!(spec.window_secs(), Some(5));
+    }
+
+    #[test]
+    fn a_debt_bucket_admits_while_above_zero_and_owes_up_to_its_capacity() {
+        let spec = BucketSpec::new(10, 1000).with_debt();
+        let mut s = full(&spec, 0);
+        assert_eq!(spec.balance_micro(s), 10 * i128::from(MICRO));
+        assert_eq!(spec.deficit(s, 1), 0);
+        spec.take(&mut s, 1);
+        assert!(spec.is_full(s), "admission takes nothing from a debt bucket");
+        spec.charge_after(&mut s, 13 * MICRO);
+        assert_eq!(spec.balance_micro(s), -3 * i128::from(MICRO));
+        assert_eq!(spec.remaining(s), 0);
+        // Nothing is admitted until the debt is repaid: 3 s, plus a micro-token.
+        assert_eq!(spec.deficit(s, 1), 3 * u128::from(MICRO) + 1);
+        assert_eq!(spec.deficit(s, 0), 0, "a request that costs nothing here is not gated");
+        assert_eq!(spec.wait_secs(spec.deficit(s, 1)), 4);
+        assert_eq!(spec.deficit(spec.refill(s, 3_001), 1), 0);
+        // The debt stops at one capacity; a refill never goes above the capacity.
+        spec.charge_after(&mut s, 100 * MICRO);
+        assert_eq!(spec.balance_micro(s), -10 * i128::from(MICRO));
+        assert_eq!(spec.reset_secs(s), 20);
+        assert_eq!(spec.balance_micro(spec.refill(s, 1_000_000)), 10 * i128::from(MICRO));
+        assert!(spec.is_full(spec.refill(s, 1_000_000)));
+        assert_eq!(spec.window_secs(), Some(10));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct PlanConfig {
     pub requests: Option<BucketConfig>,
     /// Cost 1 per character of validated text (speech routes).
     pub characters: Option<BucketConfig>,
+    /// Seconds of audio the sidecar synthesizes (speech routes): what speech really costs.
+    pub audio_seconds: Option<BucketConfig>,
     /// Requests admitted and not yet finished, per subject.
     pub max_in_flight: Option<u32>,
 }
@@ -70,6 +72,7 @@ pub struct PlanConfig {
 pub struct ScopeConfig {
     pub requests: Option<BucketConfig>,
     pub characters: Option<BucketConfig>,
+    pub audio_seconds: Option<BucketConfig>,
 }
 
 /// `rate_limits` in the plugin configuration. An omitted section limits nothing.
@@ -110,7 +113,7 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Checked bucket pair of one scope or plan: `[requests, characters]`.
+/// Checked buckets of one scope or plan: `[requests, characters, audio_seconds]`.
 pub(crate) type CompiledBuckets = Vec<Option<BucketSpec>>;
 
 /// A plan after checking.
@@ -135,10 +138,19 @@ pub(crate) struct Compiled {
 
 const FIELD: &str = "rate_limits";
 
-fn pair(requests: &Option<BucketConfig>, characters: &Option<BucketConfig>, field: &str) -> Result<CompiledBuckets, ConfigError> {
+fn buckets(
+    requests: &Option<BucketConfig>,
+    characters: &Option<BucketConfig>,
+    audio_seconds: &Option<BucketConfig>,
+    field: &str,
+) -> Result<CompiledBuckets, ConfigError> {
     Ok(vec![
         requests.as_ref().map(|b| b.compile(&format!("{field}.requests"))).transpose()?,
         characters.as_ref().map(|b| b.compile(&format!("{field}.characters"))).transpose()?,
+        audio_seconds
+            .as_ref()
+            .map(|b| b.compile(&format!("{field}.audio_seconds")).map(BucketSpec::with_debt))
+            .transpose()?,
     ])
 }
 
@@ -178,7 +190,7 @@ impl RateLimitConfig {
             }
             plans.push(CompiledPlan {
                 name: name.clone(),
-                buckets: pair(&plan.requests, &plan.characters, &field)?,
+                buckets: buckets(&plan.requests, &plan.characters, &plan.audio_seconds, &field)?,
                 max_in_flight: plan.max_in_flight,
             });
         }
@@ -200,10 +212,13 @@ impl RateLimitConfig {
         let anonymous = self
             .anonymous
             .as_ref()
-            .map(|s| pair(&s.requests, &s.characters, &format!("{FIELD}.anonymous")))
+            .map(|s| buckets(&s.requests, &s.characters, &s.audio_seconds, &format!("{FIELD}.anonymous")))
             .transpose()?;
-        let global =
-            self.global.as_ref().map(|s| pair(&s.requests, &s.characters, &format!("{FIELD}.global"))).transpose()?;
+        let global = self
+            .global
+            .as_ref()
+            .map(|s| buckets(&s.requests, &s.characters, &s.audio_seconds, &format!("{FIELD}.global")))
+            .transpose()?;
         Ok(Compiled {
             shadow: self.shadow,
             slots: self.slots,

@@ -1,6 +1,7 @@
 //! The request limiter: which records a request is charged to (the subject under its plan,
 //! or the client address; then the global record), all-or-nothing across them, in-flight
-//! leases, shadow mode, and the verdict with its headers.
+//! leases, shadow mode, and the verdict with its headers; then, once the sidecar has priced
+//! the text, the audio seconds its answer reports, charged after the fact.
 
 use super::charge::{self, Limit, Policy, Refusal, Status};
 use super::config::RateLimitConfig;
@@ -11,9 +12,13 @@ use super::store::{self, SharedStore, Step, StoreError};
 use crate::config::ConfigError;
 use crate::decision::Rejection;
 
-/// Buckets per record: requests (cost 1 per request), then characters (cost 1 per character).
-const BUCKETS: usize = 2;
+/// Buckets per record: requests (cost 1 per request), characters (cost 1 per character), and
+/// audio seconds (charged after the answer; a speech request needs a balance above zero).
+const BUCKETS: usize = 3;
 const CHARACTERS: usize = 1;
+const AUDIO: usize = 2;
+/// Micro-tokens per token, for audio costs reported in fractions of a second.
+const MICRO: f64 = 1_000_000.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -27,12 +32,15 @@ impl Kind {
     fn limit_name(self, limit: Limit) -> &'static str {
         match (self, limit) {
             (Kind::Subject, Limit::Bucket(0)) => "subject_requests",
+            (Kind::Subject, Limit::Bucket(AUDIO)) => "subject_audio_seconds",
             (Kind::Subject, Limit::Bucket(_)) => "subject_characters",
             (Kind::Subject, Limit::InFlight) => "subject_in_flight",
             (Kind::Anonymous, Limit::Bucket(0)) => "anonymous_requests",
+            (Kind::Anonymous, Limit::Bucket(AUDIO)) => "anonymous_audio_seconds",
             (Kind::Anonymous, Limit::Bucket(_)) => "anonymous_characters",
             (Kind::Anonymous, Limit::InFlight) => "anonymous_in_flight",
             (Kind::Global, Limit::Bucket(0)) => "global_requests",
+            (Kind::Global, Limit::Bucket(AUDIO)) => "global_audio_seconds",
             (Kind::Global, Limit::Bucket(_)) => "global_characters",
             (Kind::Global, Limit::InFlight) => "global_in_flight",
         }
@@ -77,6 +85,29 @@ pub struct Verdict {
     pub in_flight_lease: bool,
     /// A stored record was unreadable and was replaced by a full one (worth a log line).
     pub state_reset: bool,
+    /// The caller's audio budget as the sidecar is to see it, when its plan has one.
+    pub audio: Option<AudioBudget>,
+}
+
+/// What the filter tells the sidecar about an admitted caller's audio budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioBudget {
+    /// Opaque identity of the record charged: the sidecar's ledger key for the caller.
+    pub tenant: String,
+    /// Milliseconds of audio left (never below zero: a caller in debt is not admitted).
+    pub balance_ms: u64,
+    /// Seconds the bucket holds when full: the most one request may cost.
+    pub capacity_seconds: u64,
+    pub max_in_flight: Option<u32>,
+}
+
+/// The answer to a request the sidecar refused for its audio budget: when to retry, and the
+/// rate-limit headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioRefusal {
+    pub limit: &'static str,
+    pub retry_after_s: u64,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Verdict {
@@ -90,6 +121,7 @@ impl Verdict {
             rejection: None,
             in_flight_lease: false,
             state_reset: false,
+            audio: None,
         }
     }
 }
@@ -130,6 +162,8 @@ struct Charged {
     charged: bool,
     /// An in-flight lease was recorded.
     lease: bool,
+    /// The audio bucket's level after the charge, when the policy has one.
+    audio_balance_micro: Option<i128>,
 }
 
 impl RateLimitConfig {
@@ -173,7 +207,7 @@ impl RateLimiter {
     /// then global). All-or-nothing: if a later bucket refuses, what was taken earlier is
     /// given back. `chars` is the character count of the validated text (0 off speech routes).
     pub fn admit(&self, store: &dyn SharedStore, now_ms: u64, who: &Identity, chars: u64) -> Result<Verdict, StoreError> {
-        let costs = [1, chars];
+        let costs = [1, chars, u64::from(chars > 0)];
         let first = self.first_target(store, who)?;
         let global = match &self.global {
             Some(scope) => Some(Target { scope, slot: scope.table.locate(store, "")?, plan: 0 }),
@@ -200,6 +234,17 @@ impl RateLimiter {
                 return Ok(self.refuse(verdict, target.scope.kind, &charged.refusals, shown));
             }
             reported.extend(named(target.scope.kind, &charged.after));
+            let policy = &charged.policy;
+            // In shadow mode nothing may be refused, so the sidecar is not given a budget to
+            // enforce; the audio is still charged and counted.
+            if let (false, Some(spec), Some(balance)) = (self.shadow, policy.buckets[AUDIO], charged.audio_balance_micro) {
+                verdict.audio = Some(AudioBudget {
+                    tenant: format!("{:016x}", target.slot.tag),
+                    balance_ms: u64::try_from(balance.max(0) / 1000).unwrap_or(u64::MAX),
+                    capacity_seconds: spec.capacity(),
+                    max_in_flight: policy.max_in_flight,
+                });
+            }
             first_charge = Some(charged);
         }
 
@@ -251,6 +296,74 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// Charges `seconds` of audio that the sidecar reported for `who` to its audio bucket and
+    /// to the global one, where they exist. The buckets may go into debt: the audio is already
+    /// made. Returns the CAS retries.
+    pub fn charge_audio(&self, store: &dyn SharedStore, now_ms: u64, who: &Identity, seconds: f64) -> Result<u32, StoreError> {
+        let micro = (seconds.max(0.0) * MICRO).round() as u64;
+        let global = match &self.global {
+            Some(scope) => Some(Target { scope, slot: scope.table.locate(store, "")?, plan: 0 }),
+            None => None,
+        };
+        let mut retries = 0;
+        for target in self.first_target(store, who)?.iter().chain(global.iter()) {
+            if target.scope.policies[usize::from(target.plan)].buckets[AUDIO].is_none() {
+                continue;
+            }
+            let ((), tries) = store::update(store, &target.slot.key, |stored| {
+                let mut claimed = charge::claim(
+                    stored,
+                    BUCKETS,
+                    target.slot.tag,
+                    target.plan,
+                    &target.scope.policies,
+                    now_ms,
+                    self.lease_ttl_ms,
+                );
+                if let Some(spec) = claimed.policy.buckets[AUDIO] {
+                    spec.charge_after(&mut claimed.record.buckets[AUDIO], micro);
+                }
+                Step { write: Some(claimed.record.encode()), result: () }
+            })?;
+            retries += tries;
+        }
+        Ok(retries)
+    }
+
+    /// When `who` will have `required_seconds` of audio budget, and the rate-limit headers of
+    /// its audio bucket: the answer to a request the sidecar priced above what is left.
+    pub fn audio_refusal(
+        &self,
+        store: &dyn SharedStore,
+        now_ms: u64,
+        who: &Identity,
+        required_seconds: f64,
+    ) -> Result<Option<AudioRefusal>, StoreError> {
+        let Some(target) = self.first_target(store, who)? else { return Ok(None) };
+        let scope = target.scope;
+        let stored = store.get(&target.slot.key)?;
+        let claimed = charge::claim(
+            stored.as_ref().map(|(bytes, _)| bytes.as_slice()),
+            BUCKETS,
+            target.slot.tag,
+            target.plan,
+            &scope.policies,
+            now_ms,
+            self.lease_ttl_ms,
+        );
+        let Some(spec) = claimed.policy.buckets[AUDIO] else { return Ok(None) };
+        let required_micro = (required_seconds.max(0.0) * MICRO).ceil() as i128;
+        let deficit = spec.deficit_micro(claimed.record.buckets[AUDIO], required_micro);
+        let retry_after_s = spec.wait_secs(deficit.max(1));
+        let statuses = charge::statuses(&claimed.record, &claimed.policy);
+        let shown: Vec<Reported> = named(scope.kind, &statuses).collect();
+        let name = scope.kind.limit_name(Limit::Bucket(AUDIO));
+        let focus = shown.iter().position(|r| r.name == name).unwrap_or(0);
+        let mut headers = headers::render(self.headers, &shown, focus);
+        headers.push(("Retry-After".to_string(), retry_after_s.to_string()));
+        Ok(Some(AudioRefusal { limit: name, retry_after_s, headers }))
+    }
+
     fn first_target(&self, store: &dyn SharedStore, who: &Identity) -> Result<Option<Target<'_>>, StoreError> {
         let target = match who.subject {
             Some(subject) => {
@@ -299,6 +412,8 @@ impl RateLimiter {
             }
             let lease = wants_lease && (pass || self.shadow) && charge::add_lease(&mut claimed.record, now_ms);
             let after = charge::statuses(&claimed.record, &claimed.policy);
+            let audio_balance_micro =
+                claimed.policy.buckets[AUDIO].map(|spec| spec.balance_micro(claimed.record.buckets[AUDIO]));
             let write = (pass || lease).then(|| claimed.record.encode());
             verdict.state_reset |= claimed.state_reset;
             let result = Charged {
@@ -310,6 +425,7 @@ impl RateLimiter {
                 costs: *costs,
                 charged: pass,
                 lease,
+                audio_balance_micro,
             };
             Step { write, result }
         })?;

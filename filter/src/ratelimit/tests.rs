@@ -30,7 +30,7 @@ fn header<'a>(v: &'a Verdict, name: &str) -> Option<&'a str> {
 
 fn subject_record(store: &MemoryStore, slots: u32, subject: &str) -> Record {
     let slot = SlotTable::new("subject", slots).locate(store, subject).unwrap();
-    Record::decode(&store.raw(&slot.key).unwrap(), 2).unwrap()
+    Record::decode(&store.raw(&slot.key).unwrap(), 3).unwrap()
 }
 
 const FREE_PRO: &str = r#"{
@@ -214,7 +214,7 @@ fn shadow_mode_counts_but_never_refuses_and_takes_nothing_on_refusal() {
     assert_eq!(v.refused_by, Some("subject_requests"));
     // the global bucket was only charged for requests that passed the subject bucket
     let global = SlotTable::new("global", 1).locate(&store, "").unwrap();
-    let global = Record::decode(&store.raw(&global.key).unwrap(), 2).unwrap();
+    let global = Record::decode(&store.raw(&global.key).unwrap(), 3).unwrap();
     assert_eq!(global.buckets[0].tokens, 98_000_000);
 }
 
@@ -517,7 +517,7 @@ fn exactly_capacity_requests_pass_under_eight_threads_for_many_fresh_keys() {
         total_allowed += allowed;
     }
     let global = SlotTable::new("global", 1).locate(&store.0, "").unwrap();
-    let global = Record::decode(&store.0.raw(&global.key).unwrap(), 2).unwrap();
+    let global = Record::decode(&store.0.raw(&global.key).unwrap(), 3).unwrap();
     let charged = 1_000_000 - global.buckets[1].tokens / 1_000_000;
     assert_eq!(charged as usize, total_allowed * 3, "refused requests were given back exactly");
 }
@@ -541,6 +541,6 @@ fn a_character_bucket_admits_exactly_its_capacity_under_threads() {
     let allowed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(allowed, 1000 / 7);
     let global = SlotTable::new("global", 1).locate(&store.0, "").unwrap();
-    let global = Record::decode(&store.0.raw(&global.key).unwrap(), 2).unwrap();
+    let global = Record::decode(&store.0.raw(&global.key).unwrap(), 3).unwrap();
     assert_eq!(global.buckets[1].tokens, (1000 - 7 * 142) * 1_000_000, "exactly 142 × 7 characters taken");
 }
