@@ -17,11 +17,11 @@
 
 /// Initials espeak may join into one word: at most 4 UTF-8 bytes each, 64 of its 80 bytes, with
 /// room for the `'s` it also copies after the last one.
-pub(super) const MAX_INITIALS: usize = 16;
+const MAX_INITIALS: usize = 16;
 
 /// Bound on espeak's words in one clause, well under the 299 it keeps; `WordCount` counts more
 /// words than espeak makes, never fewer.
-pub(super) const MAX_WORDS: usize = 200;
+const MAX_WORDS: usize = 200;
 
 /// `text` cut into consecutive pieces (their concatenation is `text`), each safe for espeak.
 pub(super) fn pieces(text: &str) -> Vec<&str> {
@@ -138,13 +138,13 @@ impl WordCount {
         let starts = if c.is_whitespace() {
             self.previous = None;
             false
-        } else if combining(c) {
+        } else if combining(c) && self.previous.is_some() {
             false
-        } else if c.is_alphabetic() || c.is_numeric() {
-            let class = if c.is_alphabetic() {
-                Class::Letter
-            } else {
+        } else if c.is_alphabetic() || c.is_numeric() || combining(c) {
+            let class = if c.is_numeric() {
                 Class::Digit
+            } else {
+                Class::Letter
             };
             let current = (class, script(c));
             let starts = match self.previous {
@@ -171,7 +171,7 @@ impl WordCount {
     }
 }
 
-/// Combining accents, which belong to the letter before them.
+/// Combining accents, which belong to the letter before them (alone, espeak reads one as a word).
 fn combining(c: char) -> bool {
     matches!(c as u32, 0x300..=0x36F | 0x1AB0..=0x1AFF | 0x1DC0..=0x1DFF | 0x20D0..=0x20FF | 0xFE20..=0xFE2F)
 }
@@ -353,5 +353,6 @@ mod tests {
         assert_eq!(words("hello, world."), 4);
         assert_eq!(words("aж"), 2);
         assert_eq!(words("e\u{301}te\u{301}"), 1);
+        assert_eq!(words("\u{301} \u{301}"), 2);
     }
 }
