@@ -12,8 +12,8 @@
 //! So a run of more than [`MAX_INITIALS`] initials is cut between two of them into runs of
 //! nearly equal length (at least 8 each, so no lone letter is read as a word), and a clause is
 //! cut before it reaches [`MAX_WORDS`] of espeak's words. Each piece is phonemized alone and the
-//! pieces' phonemes are joined with a word break: the letters are spelled as before, in groups.
-//! Ordinary text has neither and stays one piece.
+//! pieces' phonemes are joined with a space: the letters are spelled as before, in groups that
+//! each end with their period (a short pause). Ordinary text has neither and stays one piece.
 
 /// Initials espeak may join into one word: at most 4 UTF-8 bytes each, 64 of its 80 bytes, with
 /// room for the `'s` it also copies after the last one.
