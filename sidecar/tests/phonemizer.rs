@@ -216,3 +216,59 @@ fn dropping_the_pool_ends_its_processes() {
     pool.phonemizer = None;
     assert!(pool.processes().is_empty(), "{:?}", pool.processes());
 }
+
+/// Texts that overflow libespeak-ng 1.51's stack buffers when they reach it whole: all but the
+/// last end in `stack smashing detected`; the last writes past its clause's word array without
+/// a crash in this build (AddressSanitizer reports it in the same code of 1.52).
+fn overflowing_texts() -> Vec<(&'static str, String)> {
+    let alphabet: String = ('A'..='Z').map(|c| format!("{c}.")).collect();
+    vec![
+        ("a. x 85", "a.".repeat(85)),
+        ("the alphabet as initials x 4", alphabet.repeat(4)),
+        ("lowercase initials", alphabet.to_lowercase().repeat(4)),
+        ("initials with spaced periods", "a . ".repeat(90)),
+        ("initials with double periods", "b..".repeat(90)),
+        ("initials without the last period", ["x"; 90].join(".")),
+        ("initials and 's", "a.".repeat(84) + "'s"),
+        ("two-byte initials", "é.".repeat(57)),
+        ("Cyrillic initials", "ж.".repeat(57)),
+        ("four-byte initials", "\u{1D41A}.".repeat(40)),
+        (
+            "initials in a sentence",
+            format!("Say {} now.", "u.".repeat(100)),
+        ),
+        (
+            "a clause of one-letter words",
+            "a . ".repeat(150) + &"1".repeat(32),
+        ),
+        (
+            "runs of initials past the word limit of a clause",
+            vec!["a.".repeat(15) + "a"; 14].join(","),
+        ),
+    ]
+}
+
+#[test]
+fn texts_that_overflowed_espeak_give_phonemes() {
+    let pool = Pool::new(1, Duration::from_secs(10));
+    for (name, text) in overflowing_texts() {
+        let phonemes = pool
+            .get()
+            .phonemize(&text, "en-us")
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert!(!phonemes.trim().is_empty(), "{name}: no phonemes");
+    }
+    assert_eq!(
+        pool.get().phonemize(HELLO, "en-us").unwrap(),
+        HELLO_PHONEMES
+    );
+}
+
+#[test]
+fn a_long_run_of_initials_is_still_spelled_letter_by_letter() {
+    let pool = Pool::new(1, Duration::from_secs(10));
+    let phonemes = pool.get().phonemize(&"a.".repeat(85), "en-us").unwrap();
+    assert_eq!(phonemes.matches("eɪ").count(), 85, "{phonemes}");
+    let short = pool.get().phonemize("a.b.c.", "en-us").unwrap();
+    assert_eq!(short, "ˌeɪbˌiːsˈiː.");
+}

@@ -20,7 +20,7 @@
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
-use super::PhonemizeError;
+use super::{segment, PhonemizeError};
 
 /// Characters that end a clause and are kept in the phoneme string.
 const CLAUSE_PUNCTUATION: &[char] = &['.', ',', '!', '?', ';', ':', '…'];
@@ -30,7 +30,8 @@ const CLAUSE_PUNCTUATION: &[char] = &['.', ',', '!', '?', ';', ':', '…'];
 const CLAUSE_CLOSERS: &[char] = &['"', '\'', '”', '’', '»', ')', ']', '}'];
 
 /// Phonemizes `text` with the espeak-ng voice `voice` (e.g. `en-us`), keeping clause
-/// punctuation. Clauses are separated by a single space.
+/// punctuation. Clauses are separated by a single space. The text goes to espeak in the pieces
+/// `segment` cuts it into, one after the other.
 pub fn phonemize(text: &str, voice: &str) -> Result<String, PhonemizeError> {
     let espeak = espeak()?;
     let mut espeak = espeak
@@ -38,7 +39,13 @@ pub fn phonemize(text: &str, voice: &str) -> Result<String, PhonemizeError> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     espeak.drop_read_ahead();
     espeak.select_voice(voice)?;
-    let clauses = espeak.clauses(text);
+    let mut clauses = Vec::new();
+    for (i, piece) in segment::pieces(text).into_iter().enumerate() {
+        if i > 0 {
+            espeak.drop_read_ahead();
+        }
+        clauses.extend(espeak.clauses(piece));
+    }
     Ok(join_clauses(&clauses))
 }
 

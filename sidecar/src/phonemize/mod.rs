@@ -7,13 +7,15 @@
 //! (`voxgate-phonemizer`, see `worker`), a small pool of them (`pool`) that the synthesis threads
 //! share; a child that dies or hangs is replaced, and the request that met it gets an error.
 //! Each of them phonemizes every text in a fork of its own, so no text can read what another
-//! left in espeak-ng's memory.
+//! left in espeak-ng's memory. Texts that would overflow espeak-ng's stack buffers (long runs of
+//! initials, clauses of hundreds of one-letter words) reach it in pieces (`segment`).
 //!
 //! `phonemize` and `check_voice` use the process-wide pool, which `configure` sets up once at
 //! start; without it the pool is built from the defaults of `PhonemizerSettings`.
 
 mod espeak;
 mod pool;
+mod segment;
 pub mod worker;
 
 use std::os::unix::process::ExitStatusExt;
