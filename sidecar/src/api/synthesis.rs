@@ -56,7 +56,10 @@ enum Outcome {
 /// so a worker slot stays taken exactly as long as inference runs.
 pub fn start(job: SynthesisJob, permit: WorkerPermit) -> mpsc::UnboundedReceiver<Chunk> {
     let (sender, receiver) = mpsc::unbounded_channel();
+    // The job's log lines carry the request's id, like those logged before it started.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         job.run(&sender);
         drop(permit);
     });
