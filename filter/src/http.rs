@@ -419,6 +419,12 @@ impl RequestFlow {
         };
         let verdict = guard.config.rate_limits.admit(host, now_ms, &who, chars)?;
         guard.metrics.cas_retries(host, verdict.cas_retries);
+        let limited = !verdict.allowed && verdict.rejection.as_ref().is_some_and(|r| r.status == 429);
+        if verdict.allowed || limited {
+            if let Some(plan) = guard.config.rate_limits.plan_name(&who) {
+                guard.metrics.plan_decision(host, plan, limited);
+            }
+        }
         if verdict.state_reset {
             host.log(
                 LogLevel::Warn,
@@ -1107,6 +1113,8 @@ mod tests {
         let sent = assert_refused(&host, &exchange, 429, "rate_limited");
         assert_eq!(sent.header("retry-after"), Some("2"), "one request at 0.5/s");
         assert_eq!(host.counter("voxgate.rate_limited.subject_requests"), 1);
+        assert_eq!(host.counter("voxgate.plan_decision.free.allowed"), 3);
+        assert_eq!(host.counter("voxgate.plan_decision.free.rate_limited"), 1);
         assert_eq!(access_logged(&host), ("rate_limited".into(), "subject_requests".into(), "/v1/".into()));
 
         let body = speech_body(&"y".repeat(20));
