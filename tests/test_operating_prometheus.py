@@ -1,12 +1,15 @@
 """End to end: a real Prometheus scraping the real Envoy admin and sidecar, with the repository's
-alert rules (time-scaled: a minute of a rule is a second here, see harness.prometheus_server).
+alert rules (time-scaled: a minute of a rule is a second here, see harness.prometheus_server)
+and the Grafana dashboard's queries.
 
 A quiet period, with an occasional refusal, fires nothing; a flood over one plan's request limit
 makes the rate-limit alert for that limit go pending and then firing, and the plan's alert fire.
+Then every dashboard panel's query returns data from what the traffic left.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -14,13 +17,18 @@ import uuid
 import pytest
 import requests
 
-from harness.prometheus_server import Prometheus
+from harness import PIPER_VOICE
+from harness.prometheus_server import REPO_ROOT, Prometheus
+from tools import devkeys
 
+DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "voxgate-dashboard.json"
 MODELS = "/v1/models"
 TIMEOUT = 60
 FLOOD_CAPACITY = 5
 QUIET_SECONDS = 10
 FIRING_WITHIN_S = 40
+# Grafana's range variables, for queries sent to Prometheus directly.
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "5m"}
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +113,37 @@ def test_quiet_traffic_fires_nothing_and_a_flood_fires_the_rate_limit_alert(stac
     assert states.index("pending") < states.index("firing"), "pending before firing"
     assert {name for name, _, _ in seen} == {"VoxgateRateLimitRefusalsHigh", "VoxgatePlanRefusalsHigh"}
 
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def test_every_dashboard_panel_returns_data_after_traffic(stack, watched):
+    envoy, prometheus = watched
+    token = stack.token(sub=f"dash-{uuid.uuid4().hex[:8]}")
+    speech = requests.post(envoy.url + "/v1/audio/speech", headers={"Authorization": f"Bearer {token}"},
+                           json={"model": "tts-1", "input": "Dashboards need data.", "voice": PIPER_VOICE},
+                           timeout=TIMEOUT)
+    assert speech.status_code == 200
+    assert get_models(envoy, token) == 200, "a cached token"
+    assert get_models(envoy, stack.token(sub="dash-forger", signing_key=devkeys.generate_private("ES256"))) == 401
+    flooder = stack.token(sub=f"dash-flood-{uuid.uuid4().hex[:8]}", plan="flood")
+    assert [get_models(envoy, flooder) for _ in range(FLOOD_CAPACITY + 1)][-1] == 429
+
+    queries = dashboard_queries()
+    assert len(queries) >= 10
+    deadline = time.monotonic() + 15
+    while True:
+        empty = [(title, expr) for title, expr in queries if not prometheus.query(expr)]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert empty == [], f"panels without data: {empty}"
