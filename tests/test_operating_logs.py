@@ -21,7 +21,6 @@ from tools import devkeys
 
 MODELS = "/v1/models"
 TIMEOUT = 60
-ACCESS_LOG_WAIT_S = 20
 FAILED_AUTH_CAPACITY = 2
 
 
@@ -31,19 +30,6 @@ def config(stack) -> dict:
     config["rate_limits"].pop("global", None)
     config["auth"]["failed_auth"] = {"capacity": FAILED_AUTH_CAPACITY, "refill_per_second": 0.001}
     return config
-
-
-def entries_by_id(envoy, ids: list[str]) -> dict:
-    """request id -> access-log entry, waiting for Envoy to flush all of them."""
-    deadline = time.monotonic() + ACCESS_LOG_WAIT_S
-    while True:
-        entries = {e.get("request_id"): e for e in envoy.access_log()}
-        if all(i in entries for i in ids) or time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
-    missing = [i for i in ids if i not in entries]
-    assert not missing, f"no access-log entry for {missing}"
-    return entries
 
 
 def from_address(address: str) -> requests.Session:
@@ -74,7 +60,7 @@ def test_each_answer_names_decision_limit_client_subject_and_request_id(stack, e
     responses = [allowed, limited, *failures]
     ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(ids)) == len(ids), "Envoy generated an id for every request that had none"
-    entries = entries_by_id(envoy, ids)
+    entries = envoy.access_log_by_request_id(ids)
 
     logged = [(entries[i]["status"], entries[i]["decision"], entries[i]["limit"], entries[i]["subject"]) for i in ids]
     assert logged == [
@@ -114,6 +100,6 @@ def test_text_after_an_encoded_question_mark_is_not_logged(stack):
                             headers={"Authorization": f"Bearer {stack.token(sub='logs-path')}",
                                      "x-request-id": request_id})
     assert response.status_code == 400
-    entry = entries_by_id(stack.envoy, [request_id])[request_id]
+    entry = stack.envoy.access_log_by_request_id([request_id])[request_id]
     assert entry["path"] == "/api/tts"
     assert MARKER not in stack.envoy.params.access_log.read_text().lower()

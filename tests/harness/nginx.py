@@ -34,12 +34,7 @@ class Nginx(Service):
         (self.workdir / "logs").mkdir(exist_ok=True)
         self._spawn([NGINX, "-p", str(self.workdir), "-c", str(config_path), "-g", "daemon off;"],
                     dict(os.environ))
-        try:
-            procs.wait_until(lambda: procs.port_open("127.0.0.1", self.port), "NGINX", self.proc,
-                             self.log_path, READY_SECONDS)
-        except procs.StartupError:
-            self.stop()
-            raise
+        self._await(lambda: procs.port_open("127.0.0.1", self.port), "NGINX", READY_SECONDS)
         return self
 
     def access_log_text(self) -> str:

@@ -80,12 +80,7 @@ class Prometheus(Service):
         config_path = self._write_config()
         self._spawn([PROMETHEUS, f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{self.port}",
                      f"--storage.tsdb.path={self.workdir / 'data'}", "--log.level=warn"], dict(os.environ))
-        try:
-            procs.wait_until(lambda: procs.http_status(f"{self.url}/-/ready") == 200, "Prometheus",
-                             self.proc, self.log_path, READY_SECONDS)
-        except procs.StartupError:
-            self.stop()
-            raise
+        self._await(lambda: procs.http_status(f"{self.url}/-/ready") == 200, "Prometheus", READY_SECONDS)
         return self
 
     def _get(self, path: str, **params) -> dict:
