@@ -11,12 +11,13 @@ PYTHON := $(DEPS)/venv/bin/python
 WASM := target/wasm32-wasip1/wasm/voxgate_filter.wasm
 SIDECAR := target/release/voxgate-sidecar
 
-.PHONY: help setup build test run stop token bench fuzz fuzz-ci clean
+.PHONY: help setup build filter-image test run stop token bench fuzz fuzz-ci clean
 
 help:
 	@echo "make run    build and start the sidecar and Envoy, print a working curl"
 	@echo "make stop   stop what make run started"
 	@echo "make test   unit, component and end-to-end tests"
+	@echo "make filter-image  the filter as an OCI image layout in target/oci/voxgate-filter (Istio WasmPlugin)"
 	@echo "make token  print a dev JWT (SUB=, EXP=, NBF=, AUD=, ISS=, SCOPE=, ALG=, PLAN=, KID=)"
 	@echo "make bench  benchmarks into bench-results/ (BENCH=synthesis,throughput,... to pick; QUICK=1 to try)"
 	@echo "make fuzz   every fuzz target for FUZZ_SECONDS (default 60) each; make fuzz-ci: 10 s each"
@@ -28,7 +29,11 @@ build: setup
 	cargo build --release -p voxgate-sidecar
 	cargo build -p voxgate-filter --target wasm32-wasip1 --profile wasm
 
-test: build
+# The filter module as an OCI image (one layer, /plugin.wasm) for Istio's WasmPlugin.
+filter-image: build
+	tools/filter_image.sh $(WASM) target/oci/voxgate-filter
+
+test: build filter-image
 	cargo test --release --workspace
 	$(PYTHON) -m pytest -q tests
 

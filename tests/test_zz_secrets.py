@@ -12,7 +12,8 @@ log. Looked for:
 - submitted text: the marker word every hardening test puts in the texts it submits.
 
 Run alone, the test still proves something: it first sends canary requests of its own (a
-spoken text, a refused text, a Coqui query-string text, a forged and an expired token) and
+spoken text, a refused text, a Coqui query-string text, a text after an encoded `?` in the
+path, a forged and an expired token) and
 checks that they did leave their traces (an access-log entry, a refusal line) in the logs
 it then scans.
 """
@@ -107,12 +108,17 @@ def send_canaries(stack) -> str:
                                        headers={"Authorization": f"Bearer {good}"}).status_code
     statuses["coqui_query"] = requests.get(f"{stack.url}/api/tts", params={"text": f"A {MARKER} in the query."},
                                            headers={"Authorization": f"Bearer {good}"}, timeout=TIMEOUT).status_code
+    # `%3F` is no query separator: what follows it is part of the path Envoy sees.
+    statuses["encoded_query"] = requests.get(f"{stack.url}/api/tts%3Ftext=A%20{MARKER}%20in%20the%20path",
+                                             headers={"Authorization": f"Bearer {good}"},
+                                             timeout=TIMEOUT).status_code
     forged = stack.token(sub=canary, signing_key=devkeys.generate_private("ES256"))
     expired = stack.token(sub=canary, exp=-3600)
     for name, token in (("forged", forged), ("expired", expired)):
         statuses[name] = requests.get(f"{stack.url}/v1/models", headers={"Authorization": f"Bearer {token}"},
                                       timeout=TIMEOUT).status_code
-    assert statuses == {"spoken": 200, "refused": 400, "coqui_query": 200, "forged": 401, "expired": 401}, statuses
+    assert statuses == {"spoken": 200, "refused": 400, "coqui_query": 200, "encoded_query": 400,
+                        "forged": 401, "expired": 401}, statuses
     return canary
 
 

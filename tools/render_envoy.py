@@ -50,6 +50,15 @@ def env_port(name: str, default: int) -> int:
     return int(value)
 
 
+def env_count(name: str) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > 16:
+        raise ValueError(f"{name}={value!r} is not a number of proxies (0-16)")
+    return int(value)
+
+
 @dataclass
 class EnvoyParams:
     """Everything that varies between one rendered bootstrap and another."""
@@ -62,15 +71,20 @@ class EnvoyParams:
     wasm_path: Path = WASM
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
     mesh: bool = False
+    # Proxies in front of Envoy whose X-Forwarded-For entries Envoy trusts: 0 when clients
+    # connect directly (they could otherwise pick their own address), 1 behind the NGINX edge.
+    xff_trusted_hops: int = 0
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
-        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT."""
+        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT;
+        trusted proxies from VOXGATE_XFF_TRUSTED_HOPS."""
         values = dict(
             listen_port=env_port("VOXGATE_LISTEN_PORT", 10000),
             admin_port=env_port("VOXGATE_ADMIN_PORT", 9901),
             sidecar_port=env_port("VOXGATE_SIDECAR_PORT", 5002),
             jwks_port=env_port("VOXGATE_JWKS_PORT", 8081),
+            xff_trusted_hops=env_count("VOXGATE_XFF_TRUSTED_HOPS"),
         )
         values.update(overrides)
         return cls(filter_config=filter_config, **values)
@@ -106,6 +120,7 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
         "JWKS_PORT": params.jwks_port,
         "WASM_PATH": str(params.wasm_path),
         "ACCESS_LOG": str(params.access_log),
+        "XFF_TRUSTED_HOPS": params.xff_trusted_hops,
         "FILTER_CONFIG": json.dumps(params.filter_config, separators=(",", ":")),
     }
     text = Path(template).read_text()

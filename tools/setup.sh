@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 DEPS=.deps
 mkdir -p "$DEPS/bin" "$DEPS/lib" "$DEPS/voices"
 
-apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config)
+# prometheus (with promtool) and nginx for the operating tests, umoci for the filter's OCI image.
+apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config prometheus nginx umoci)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,7 +21,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Without recommends: prometheus would bring node-exporter, a service of its own.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1

@@ -64,6 +64,9 @@ pub trait Host: SharedStore {
     /// The downstream peer as Envoy sees it (`source.address`, `ip:port`), honouring
     /// Envoy's own `X-Forwarded-For` trust settings.
     fn client_address(&self) -> Result<Option<String>, HostError>;
+    /// Stores `value` in the request's filter state under `wasm.<name>`, where Envoy's access
+    /// log reads it (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
+    fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError>;
     fn log(&self, level: LogLevel, message: &str);
     /// Defines (or finds) a counter by name and returns its id.
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
@@ -133,6 +136,12 @@ mod abi {
             path_size: usize,
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
         ) -> u32;
         pub fn proxy_get_shared_data(
             key_data: *const u8,
@@ -378,6 +387,11 @@ impl Host for ProxyHost {
         }
     }
 
+    fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError> {
+        let status = unsafe { abi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+        check("proxy_set_property", status)
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         // Nothing useful can be done when logging itself fails.
         let _ = unsafe { abi::proxy_log(level as u32, message.as_ptr(), message.len()) };
@@ -478,6 +492,8 @@ pub mod fake {
         pub client_address: RefCell<Option<String>>,
         pub client_address_reads: Cell<u32>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
+        /// What the filter stored for the access log, by name.
+        pub filter_state: RefCell<std::collections::HashMap<String, String>>,
         metric_names: RefCell<Vec<String>>,
         metric_values: RefCell<Vec<u64>>,
         /// Cluster and headers of every HTTP call dispatched.
@@ -618,6 +634,11 @@ pub mod fake {
         fn client_address(&self) -> Result<Option<String>, HostError> {
             self.client_address_reads.set(self.client_address_reads.get() + 1);
             Ok(self.client_address.borrow().clone())
+        }
+
+        fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError> {
+            self.filter_state.borrow_mut().insert(name.to_string(), value.to_string());
+            Ok(())
         }
 
         fn log(&self, level: LogLevel, message: &str) {

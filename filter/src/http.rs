@@ -15,6 +15,7 @@ use std::rc::Rc;
 
 use proxy_wasm::types::{Action, LogLevel};
 
+use crate::access_log;
 use crate::auth::{self, Cached};
 use crate::config::CompiledConfig;
 use crate::decision::Rejection;
@@ -91,6 +92,10 @@ pub struct RequestFlow {
     guard: Option<Rc<Guard>>,
     stage: Stage,
     route: Option<Route>,
+    /// The request path as the access log may show it (`access_log::loggable_path`).
+    log_path: String,
+    /// The rate limit that refused the request, for the logs.
+    limit: Option<String>,
     /// Read from Envoy when first needed (`client_ip`).
     client_ip: Option<String>,
     subject: Option<String>,
@@ -111,6 +116,8 @@ impl RequestFlow {
             guard,
             stage: Stage::Headers,
             route: None,
+            log_path: String::new(),
+            limit: None,
             client_ip: None,
             subject: None,
             plan: None,
@@ -134,6 +141,7 @@ impl RequestFlow {
                 LogLevel::Error,
                 "voxgate: refused reason=filter_not_configured status=503",
             );
+            self.record(host, rejection.code);
             if let Err(e) = response::send(host, &rejection) {
                 host.log(LogLevel::Error, &format!("voxgate: could not answer: {e}"));
             }
@@ -278,9 +286,11 @@ impl RequestFlow {
             Ok(ip) => ip.to_string(),
             Err(_) => UNKNOWN_CLIENT.to_string(),
         };
+        self.record(host, rejection.code);
         let route = self.route.as_ref().map_or("-", |r| r.prefix.as_str());
         let labels = RequestLabels {
             route,
+            limit: self.limit.as_deref(),
             subject: self.subject.as_deref(),
             client_address: &client_address,
         };
@@ -297,6 +307,7 @@ impl RequestFlow {
 
         let method = header(&headers, ":method").unwrap_or_default();
         let path = header(&headers, ":path").unwrap_or_default();
+        self.log_path = access_log::loggable_path(path).to_string();
         let route = config.routes.find(path)?.clone();
         self.route = Some(route.clone());
         route.check_method(method)?;
@@ -405,6 +416,7 @@ impl RequestFlow {
                     let peek = table.peek(host, now_ms, self.client_ip(host)?)?;
                     guard.metrics.cas_retries(host, peek.cas_retries);
                     if !peek.allowed {
+                        self.limit = Some(AUTH_FAILURES.to_string());
                         return Err(too_many_failures(peek.retry_after_s).into());
                     }
                 }
@@ -461,6 +473,12 @@ impl RequestFlow {
         };
         let verdict = guard.config.rate_limits.admit(host, now_ms, &who, chars)?;
         guard.metrics.cas_retries(host, verdict.cas_retries);
+        let limited = !verdict.allowed && verdict.rejection.as_ref().is_some_and(|r| r.status == 429);
+        if verdict.allowed || limited {
+            if let Some(plan) = guard.config.rate_limits.plan_name(&who) {
+                guard.metrics.plan_decision(host, plan, limited);
+            }
+        }
         if verdict.state_reset {
             host.log(
                 LogLevel::Warn,
@@ -469,6 +487,7 @@ impl RequestFlow {
         }
         if !verdict.allowed {
             let bucket = verdict.refused_by.unwrap_or("unknown");
+            self.limit = Some(bucket.to_string());
             let rejection = verdict
                 .rejection
                 .ok_or_else(|| Stop::Internal(format!("rate limiter refused ({bucket}) without an answer")))?;
@@ -499,8 +518,20 @@ impl RequestFlow {
         self.rate_limit_headers = verdict.headers;
         guard.metrics.characters_admitted(host, chars);
         guard.metrics.allowed(host);
+        self.record(host, "allowed");
         self.stage = Stage::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// Tells Envoy's access log how the request was decided.
+    fn record(&self, host: &dyn Host, decision: &str) {
+        let entry = access_log::Entry {
+            decision,
+            limit: self.limit.as_deref(),
+            route: self.route.as_ref().map(|r| r.prefix.as_str()),
+            path: &self.log_path,
+        };
+        access_log::record(host, &entry);
     }
 
     /// The time in milliseconds, asked of Envoy once per callback: authentication and the rate
@@ -590,11 +621,14 @@ fn unexpected_body(method: &str) -> Rejection {
     Rejection::new(400, "unexpected_body", format!("a {method} request on this route carries no body"))
 }
 
+/// The limit on failed authentications per address, by the name logs and metrics use.
+const AUTH_FAILURES: &str = "auth_failures";
+
 /// 429 for an address whose failed authentications emptied its bucket.
 fn too_many_failures(retry_after_s: u64) -> Rejection {
     Rejection::new(
         429,
-        "auth_failures",
+        AUTH_FAILURES,
         "too many failed authentications from this address",
     )
     .with_header("retry-after", retry_after_s.max(1).to_string())
@@ -629,6 +663,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::{Guard, RequestFlow};
+    use crate::access_log;
     use crate::config::FilterConfig;
     use crate::host::fake::{FakeHost, SentResponse};
     use crate::metrics::Metrics;
@@ -786,9 +821,17 @@ mod tests {
         sent
     }
 
+    /// Decision, limit and route as the filter left them for Envoy's access log.
+    fn access_logged(host: &FakeHost) -> (String, String, String) {
+        let state = host.filter_state.borrow();
+        let field = |name: &str| state.get(name).cloned().unwrap_or_default();
+        (field(access_log::DECISION), field(access_log::LIMIT), field(access_log::ROUTE))
+    }
+
     fn assert_forwarded(host: &FakeHost, exchange: &Exchange) {
         assert!(host.sent().is_none(), "unexpected refusal: {:?}", host.sent());
         assert_eq!(exchange.actions.last(), Some(&Action::Continue));
+        assert_eq!(access_logged(host).0, "allowed");
     }
 
     #[test]
@@ -914,6 +957,7 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
         let sent = assert_refused(&host, &exchange, 429, "auth_failures");
         assert_eq!(sent.header("retry-after"), Some("1"));
+        assert_eq!(access_logged(&host), ("auth_failures".into(), "auth_failures".into(), "/v1/".into()));
         let stats = guard.config.auth.as_ref().unwrap().stats();
         assert_eq!(stats.signature_checks, 3, "the blocked request never reached a signature check");
         assert_eq!(
@@ -1146,6 +1190,9 @@ mod tests {
         let sent = assert_refused(&host, &exchange, 429, "rate_limited");
         assert_eq!(sent.header("retry-after"), Some("2"), "one request at 0.5/s");
         assert_eq!(host.counter("voxgate.rate_limited.subject_requests"), 1);
+        assert_eq!(host.counter("voxgate.plan_decision.free.allowed"), 3);
+        assert_eq!(host.counter("voxgate.plan_decision.free.rate_limited"), 1);
+        assert_eq!(access_logged(&host), ("rate_limited".into(), "subject_requests".into(), "/v1/".into()));
 
         let body = speech_body(&"y".repeat(20));
         let mut exchange = send(&guard, &host, &refs(&speech_headers(&token("carol"))), Some(&body));
@@ -1370,7 +1417,7 @@ mod tests {
         assert_eq!(logs.len(), 2);
         assert!(logs[0]
             .1
-            .starts_with("voxgate: refused reason=denied_text status=400 route=/v1/audio/speech subject=ivan"));
+            .starts_with("voxgate: refused reason=denied_text status=400 route=/v1/audio/speech limit=- subject=ivan"));
         for (_, line) in logs.iter() {
             assert!(
                 !line.contains(&token[..20]) && !line.contains("secret sentence"),

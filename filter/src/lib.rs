@@ -2,6 +2,7 @@
 //!
 //! Request pipeline: route → JWT → text validation → token buckets → forward.
 //! Every step is plain Rust over the `host::Host` trait, so it is unit-tested on the host.
+pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod decision;

@@ -10,6 +10,7 @@
 //! | `voxgate.decision.<reason>`               | `voxgate_decision{reason="…"}`                    |
 //! | `voxgate.rate_limited.<bucket>`           | `voxgate_rate_limited{bucket="…"}`                |
 //! | `voxgate.shadow_refused.<bucket>`         | `voxgate_shadow_refused{bucket="…"}`              |
+//! | `voxgate.plan_decision.<plan>.<decision>` | `voxgate_plan_decision{plan="…",decision="allowed"\|"rate_limited"}` |
 //! | `voxgate.token_cache.<result>`            | `voxgate_token_cache{result="hit"\|"miss"}`       |
 //! | `voxgate.jwks_fetch.<provider>.<result>`  | `voxgate_jwks_fetch{provider="…",result="ok"\|"failed"}` |
 //! | `voxgate.characters_admitted`             | `voxgate_characters_admitted`                     |
@@ -22,6 +23,8 @@
 //! bucket   ^wasmcustom\.voxgate\.(?:rate_limited|shadow_refused)(\.([^.]+))$
 //! result   ^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$
 //! provider ^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$
+//! plan     ^wasmcustom\.voxgate\.plan_decision(\.([^.]+))\.[^.]+$
+//! decision ^wasmcustom\.voxgate\.plan_decision\.[^.]+(\.([^.]+))$
 //! ```
 //! Envoy applies every extractor to the full name and removes each first capture group, so
 //! `wasmcustom.voxgate.jwks_fetch.corp.ok` becomes `voxgate_jwks_fetch` with both labels.
@@ -34,7 +37,7 @@ use proxy_wasm::types::LogLevel;
 use crate::host::Host;
 
 /// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`.
-pub const STATS_TAGS: [(&str, &str); 4] = [
+pub const STATS_TAGS: [(&str, &str); 6] = [
     ("reason", r"^wasmcustom\.voxgate\.decision(\.([^.]+))$"),
     (
         "bucket",
@@ -45,6 +48,8 @@ pub const STATS_TAGS: [(&str, &str); 4] = [
         r"^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$",
     ),
     ("provider", r"^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$"),
+    ("plan", r"^wasmcustom\.voxgate\.plan_decision(\.([^.]+))\.[^.]+$"),
+    ("decision", r"^wasmcustom\.voxgate\.plan_decision\.[^.]+(\.([^.]+))$"),
 ];
 
 /// The counter of requests the filter let through: `voxgate.decision` with the reason
@@ -89,6 +94,13 @@ impl Metrics {
 
     pub fn rate_limited(&self, host: &dyn Host, bucket: &str) {
         self.add(host, &format!("voxgate.rate_limited.{}", label(bucket)), 1);
+    }
+
+    /// A subject's request that the rate limits let through (`limited` false) or refused with
+    /// a 429, counted by its plan: the denominator and numerator of a plan's refusal ratio.
+    pub fn plan_decision(&self, host: &dyn Host, plan: &str, limited: bool) {
+        let decision = if limited { "rate_limited" } else { "allowed" };
+        self.add(host, &format!("voxgate.plan_decision.{}.{decision}", label(plan)), 1);
     }
 
     pub fn shadow_refused(&self, host: &dyn Host, bucket: &str) {
@@ -245,6 +257,9 @@ mod tests {
             ("wasmcustom.voxgate.jwks_fetch.corp.ok", "provider", Some("corp")),
             ("wasmcustom.voxgate.characters_admitted", "reason", None),
             ("wasmcustom.voxgate.token_cache.hit", "provider", None),
+            ("wasmcustom.voxgate.plan_decision.pro.rate_limited", "plan", Some("pro")),
+            ("wasmcustom.voxgate.plan_decision.pro.rate_limited", "decision", Some("rate_limited")),
+            ("wasmcustom.voxgate.decision.allowed", "decision", None),
         ];
         for (name, tag, expected) in cases {
             let (_, pattern) = STATS_TAGS.iter().find(|(t, _)| *t == tag).unwrap();

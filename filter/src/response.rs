@@ -16,6 +16,8 @@ use crate::metrics::Metrics;
 /// What is known about the request when it is refused, for the log line.
 pub struct RequestLabels<'a> {
     pub route: &'a str,
+    /// The rate limit that refused the request, if one did.
+    pub limit: Option<&'a str>,
     pub subject: Option<&'a str>,
     pub client_address: &'a str,
 }
@@ -33,10 +35,11 @@ pub fn reject(
         host.log(
             LogLevel::Info,
             &format!(
-                "voxgate: refused reason={} status={} route={} subject={} client={}",
+                "voxgate: refused reason={} status={} route={} limit={} subject={} client={}",
                 rejection.code,
                 rejection.status,
                 labels.route,
+                labels.limit.unwrap_or("-"),
                 labels.subject.unwrap_or("-"),
                 labels.client_address,
             ),
@@ -69,6 +72,7 @@ mod tests {
         let rejection = Rejection::new(429, "rate_limited", "too many requests").with_header("retry-after", "3");
         let labels = RequestLabels {
             route: "/v1/audio/speech",
+            limit: Some("subject_requests"),
             subject: Some("alice"),
             client_address: "203.0.113.7",
         };
@@ -85,7 +89,7 @@ mod tests {
         assert_eq!(logs.len(), 1);
         assert_eq!(
             logs[0].1,
-            "voxgate: refused reason=rate_limited status=429 route=/v1/audio/speech subject=alice client=203.0.113.7"
+            "voxgate: refused reason=rate_limited status=429 route=/v1/audio/speech limit=subject_requests subject=alice client=203.0.113.7"
         );
     }
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -52,6 +53,14 @@ class Service:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _await(self, ready, what: str, seconds: float) -> None:
+        """Waits until `ready()`; a process that exits or never gets ready is stopped and raises."""
+        try:
+            procs.wait_until(ready, what, self.proc, self.log_path, seconds)
+        except procs.StartupError:
+            self.stop()
+            raise
+
     def stop(self) -> None:
         if self.proc is not None:
             procs.stop(self.proc.pid, grace_seconds=STOP_GRACE_SECONDS, popen=self.proc)
@@ -79,12 +88,7 @@ class Sidecar(Service):
         env = dict(os.environ, VOXGATE_VOICES_DIR=str(self.voices_dir), ORT_DYLIB_PATH=str(ORT_DYLIB),
                    NO_COLOR="1", **self.extra_env)
         self._spawn([str(SIDECAR_BIN), "--port", str(self.port)], env)
-        try:
-            procs.wait_until(lambda: procs.http_status(f"{self.url}/readyz") == 200, "the sidecar",
-                             self.proc, self.log_path, SIDECAR_READY_SECONDS)
-        except procs.StartupError:
-            self.stop()
-            raise
+        self._await(lambda: procs.http_status(f"{self.url}/readyz") == 200, "the sidecar", SIDECAR_READY_SECONDS)
         return self
 
     def metrics(self) -> prometheus.Metrics:
@@ -141,11 +145,7 @@ class Envoy(Service):
                      "--log-level", "warn", "--component-log-level", "wasm:info",
                      "--admin-address-path", str(self.admin_address_path)],
                     dict(os.environ))
-        try:
-            procs.wait_until(self._ready, "Envoy", self.proc, self.log_path, ENVOY_READY_SECONDS)
-        except procs.StartupError:
-            self.stop()
-            raise
+        self._await(self._ready, "Envoy", ENVOY_READY_SECONDS)
         return self
 
     def _ready(self) -> bool:
@@ -184,3 +184,15 @@ class Envoy(Service):
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def access_log_by_request_id(self, request_ids: list[str], timeout: float = 20) -> dict[str, dict]:
+        """request id -> access-log entry for each of `request_ids`, waiting for Envoy to flush
+        them; raises AssertionError naming the ids still missing after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = {e.get("request_id"): e for e in self.access_log()}
+            missing = [i for i in request_ids if i not in entries]
+            if not missing:
+                return entries
+            assert time.monotonic() < deadline, f"no access-log entry for {missing}"
+            time.sleep(0.25)

@@ -203,6 +203,19 @@ impl RateLimiter {
         &self.plan_claim
     }
 
+    /// The plan a subject's requests are charged under: the one its plan claim names, else
+    /// the default plan. `None` for a request without a subject or a limiter without plans.
+    pub fn plan_name(&self, who: &Identity) -> Option<&str> {
+        who.subject?;
+        self.plan_names.get(usize::from(self.plan_index(who.plan))).map(String::as_str)
+    }
+
+    fn plan_index(&self, claimed: Option<&str>) -> u16 {
+        claimed
+            .and_then(|name| self.plan_names.iter().position(|p| p == name))
+            .map_or(self.default_plan, |index| index as u16)
+    }
+
     /// Consumes cost from every applicable bucket (subject requests+characters, or anonymous;
     /// then global). All-or-nothing: if a later bucket refuses, what was taken earlier is
     /// given back. `chars` is the character count of the validated text (0 off speech routes).
@@ -368,10 +381,7 @@ impl RateLimiter {
         let target = match who.subject {
             Some(subject) => {
                 let Some(scope) = self.subjects.as_ref() else { return Ok(None) };
-                let plan = who
-                    .plan
-                    .and_then(|name| self.plan_names.iter().position(|p| p == name))
-                    .map_or(self.default_plan, |index| index as u16);
+                let plan = self.plan_index(who.plan);
                 Target { scope, slot: scope.table.locate(store, subject)?, plan }
             }
             None => {

@@ -1,11 +1,13 @@
 //! The HTTP API: the routes, JSON answers for unknown routes and wrong methods, and the
-//! middleware that counts every answer by route, voice and status.
+//! middleware that serves each request in a span carrying its request id and counts every
+//! answer by route, voice and status.
 
 pub mod coqui;
 pub mod errors;
 pub mod extract;
 pub mod meta;
 pub mod openai;
+pub mod request_id;
 pub mod speech;
 pub mod state;
 pub mod synthesis;
@@ -15,6 +17,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tracing::Instrument;
 
 use crate::metrics;
 use errors::{ApiError, ErrorCode};
@@ -52,7 +55,9 @@ async fn count_answer(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let response = next.run(request).await.into_response();
+    let span = request_id::span(request.headers());
+    let response = next.run(request).instrument(span.clone()).await.into_response();
+    let _entered = span.enter();
     let voice = response
         .extensions()
         .get::<VoiceLabel>()

@@ -70,7 +70,10 @@ pub fn start(
     let (sender, receiver) = mpsc::unbounded_channel();
     let interrupt = Arc::new(interrupt);
     let watcher = tokio::spawn(watch(sender.clone(), Arc::clone(&interrupt), job.deadline));
+    // The job's log lines carry the request's id, like those logged before it started.
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
         job.run(&sender, &interrupt);
         watcher.abort();
         drop(permit);

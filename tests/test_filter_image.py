@@ -1,0 +1,87 @@
+"""The filter as an OCI image (tools/filter_image.sh, `make filter-image`), inspected blob by blob:
+a valid OCI image layout whose tag names a manifest with exactly one layer, that layer holding
+only `plugin.wasm`, byte for byte the built module; every blob's digest and size as its
+descriptor says. And the deployment manifests reference the images this repository builds."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import yaml
+
+from tools import render_envoy
+
+REPO_ROOT = render_envoy.REPO_ROOT
+SCRIPT = REPO_ROOT / "tools" / "filter_image.sh"
+VERSION = re.search(r'^version = "(.+)"', (REPO_ROOT / "Cargo.toml").read_text(), re.M).group(1)
+FILTER_IMAGE = "registry.example.com/voxgate/filter"
+SIDECAR_IMAGE = "registry.example.com/voxgate/sidecar"
+LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob(layout: Path, descriptor: dict) -> bytes:
+    algorithm, digest = descriptor["digest"].split(":")
+    data = (layout / "blobs" / algorithm / digest).read_bytes()
+    assert sha256(data) == descriptor["digest"], f"blob {digest} does not hash to its name"
+    assert len(data) == descriptor["size"], f"blob {digest} is not the size its descriptor says"
+    return data
+
+
+def test_the_image_has_one_layer_holding_the_built_module(tmp_path):
+    layout = tmp_path / "voxgate-filter"
+    result = subprocess.run([str(SCRIPT), str(render_envoy.WASM), str(layout), VERSION], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    module = render_envoy.WASM.read_bytes()
+
+    assert json.loads((layout / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((layout / "index.json").read_text())
+    [entry] = [m for m in index["manifests"]
+               if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == VERSION]
+    assert f"manifest {entry['digest']}" in result.stdout, "the script prints the manifest digest"
+    assert f"plugin.wasm {sha256(module)}" in result.stdout
+
+    manifest = json.loads(blob(layout, entry))
+    assert manifest["schemaVersion"] == 2
+    [layer] = manifest["layers"]
+    assert layer["mediaType"] == LAYER
+    config = json.loads(blob(layout, manifest["config"]))
+    compressed = blob(layout, layer)
+    tar_bytes = gzip.decompress(compressed)
+    assert config["rootfs"]["diff_ids"] == [sha256(tar_bytes)], "the config names the layer's content"
+
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        members = tar.getmembers()
+        files = [m for m in members if m.isfile()]
+        assert [m.name.lstrip("./") for m in files] == ["plugin.wasm"]
+        assert all(m.isdir() for m in members if not m.isfile()), "nothing but plugin.wasm and the root"
+        assert sha256(tar.extractfile(files[0]).read()) == sha256(module), "the layer holds the built module"
+
+    blobs = {p.name for p in (layout / "blobs" / "sha256").iterdir()}
+    referenced = {d["digest"].split(":")[1] for d in (entry, manifest["config"], layer)}
+    assert blobs == referenced, "no stray blobs in the layout"
+
+
+def test_the_manifests_reference_the_images_this_repository_builds():
+    plugin = next(d for d in yaml.safe_load_all((REPO_ROOT / "envoy" / "istio" / "wasmplugin.yaml").read_text())
+                  if d and d["kind"] == "WasmPlugin")
+    assert plugin["spec"]["url"] == f"oci://{FILTER_IMAGE}:{VERSION}"
+    assert f"docker://{FILTER_IMAGE}:{VERSION}" in SCRIPT.read_text(), "the push command of filter_image.sh"
+
+    deployment = next(d for d in yaml.safe_load_all((REPO_ROOT / "envoy" / "k8s" / "voxgate.yaml").read_text())
+                      if d and d["kind"] == "Deployment")
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "tts"]
+    assert container["image"] == f"{SIDECAR_IMAGE}:{VERSION}"
+    containerfile = (REPO_ROOT / "sidecar" / "Containerfile").read_text()
+    assert f"-t {SIDECAR_IMAGE}:{VERSION} ." in containerfile, "the documented build command tags that image"
