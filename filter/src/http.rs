@@ -511,7 +511,11 @@ impl RequestFlow {
                 );
             }
         }
-        if let Some(audio) = &verdict.audio {
+        // Headers that already went on (`hold_headers_for_body` off, as in a mesh) can take no
+        // more: the sidecar then prices the text without a budget, and the filter still charges
+        // the audio its answer reports.
+        let headers_held = self.stage != Stage::AwaitingBody || guard.config.hold_headers_for_body;
+        if let (true, Some(audio)) = (headers_held, &verdict.audio) {
             forward_audio_budget(host, audio)?;
         }
         self.holds_in_flight = verdict.in_flight_lease;
