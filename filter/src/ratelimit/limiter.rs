@@ -324,15 +324,7 @@ impl RateLimiter {
                 continue;
             }
             let ((), tries) = store::update(store, &target.slot.key, |stored| {
-                let mut claimed = charge::claim(
-                    stored,
-                    BUCKETS,
-                    target.slot.tag,
-                    target.plan,
-                    &target.scope.policies,
-                    now_ms,
-                    self.lease_ttl_ms,
-                );
+                let mut claimed = self.claim(target, stored, now_ms);
                 if let Some(spec) = claimed.policy.buckets[AUDIO] {
                     spec.charge_after(&mut claimed.record.buckets[AUDIO], micro);
                 }
@@ -355,15 +347,7 @@ impl RateLimiter {
         let Some(target) = self.first_target(store, who)? else { return Ok(None) };
         let scope = target.scope;
         let stored = store.get(&target.slot.key)?;
-        let claimed = charge::claim(
-            stored.as_ref().map(|(bytes, _)| bytes.as_slice()),
-            BUCKETS,
-            target.slot.tag,
-            target.plan,
-            &scope.policies,
-            now_ms,
-            self.lease_ttl_ms,
-        );
+        let claimed = self.claim(&target, stored.as_ref().map(|(bytes, _)| bytes.as_slice()), now_ms);
         let Some(spec) = claimed.policy.buckets[AUDIO] else { return Ok(None) };
         let required_micro = (required_seconds.max(0.0) * MICRO).ceil() as i128;
         let deficit = spec.deficit_micro(claimed.record.buckets[AUDIO], required_micro);
@@ -375,6 +359,11 @@ impl RateLimiter {
         let mut headers = headers::render(self.headers, &shown, focus);
         headers.push(("Retry-After".to_string(), retry_after_s.to_string()));
         Ok(Some(AudioRefusal { limit: name, retry_after_s, headers }))
+    }
+
+    /// The record `target` holds in `stored`, as its caller may use it now (see `charge::claim`).
+    fn claim(&self, target: &Target, stored: Option<&[u8]>, now_ms: u64) -> charge::Claimed {
+        charge::claim(stored, BUCKETS, target.slot.tag, target.plan, &target.scope.policies, now_ms, self.lease_ttl_ms)
     }
 
     fn first_target(&self, store: &dyn SharedStore, who: &Identity) -> Result<Option<Target<'_>>, StoreError> {
@@ -402,17 +391,8 @@ impl RateLimiter {
         costs: &[u64; BUCKETS],
         verdict: &mut Verdict,
     ) -> Result<Charged, StoreError> {
-        let scope = target.scope;
         let (charged, retries) = store::update(store, &target.slot.key, |stored| {
-            let mut claimed = charge::claim(
-                stored,
-                BUCKETS,
-                target.slot.tag,
-                target.plan,
-                &scope.policies,
-                now_ms,
-                self.lease_ttl_ms,
-            );
+            let mut claimed = self.claim(target, stored, now_ms);
             let wants_lease = claimed.policy.max_in_flight.is_some();
             let refusals = charge::assess(&claimed.record, &claimed.policy, costs, wants_lease);
             let before = charge::statuses(&claimed.record, &claimed.policy);
