@@ -113,14 +113,26 @@ struct Text {
 }
 
 #[derive(Arbitrary, Debug)]
+struct PlanLimits {
+    name: String,
+    requests: Option<Bucket>,
+    characters: Option<Bucket>,
+    audio_seconds: Option<Bucket>,
+    max_in_flight: Option<u32>,
+}
+
+/// Requests, characters and audio-seconds buckets of a scope.
+type ScopeBuckets = (Option<Bucket>, Option<Bucket>, Option<Bucket>);
+
+#[derive(Arbitrary, Debug)]
 struct Limits {
     shadow: bool,
     slots: Count,
     plan_claim: String,
     default_plan: Option<String>,
-    plans: Vec<(String, Option<Bucket>, Option<Bucket>, Option<u32>)>,
-    anonymous: Option<(Option<Bucket>, Option<Bucket>)>,
-    global: Option<(Option<Bucket>, Option<Bucket>)>,
+    plans: Vec<PlanLimits>,
+    anonymous: Option<ScopeBuckets>,
+    global: Option<ScopeBuckets>,
     headers: u8,
     in_flight_timeout_seconds: Count,
     failed_auth: Bucket,
@@ -186,22 +198,24 @@ fn text_rules(t: Text) {
 }
 
 fn rate_limits(l: Limits) {
-    let scope = |pair: Option<(Option<Bucket>, Option<Bucket>)>| {
-        pair.map(|(requests, characters)| ScopeConfig {
+    let scope = |buckets: Option<ScopeBuckets>| {
+        buckets.map(|(requests, characters, audio_seconds)| ScopeConfig {
             requests: requests.map(Bucket::config),
             characters: characters.map(Bucket::config),
+            audio_seconds: audio_seconds.map(Bucket::config),
         })
     };
     let plans: BTreeMap<String, PlanConfig> = l
         .plans
         .into_iter()
-        .map(|(name, requests, characters, max_in_flight)| {
+        .map(|p| {
             let plan = PlanConfig {
-                requests: requests.map(Bucket::config),
-                characters: characters.map(Bucket::config),
-                max_in_flight,
+                requests: p.requests.map(Bucket::config),
+                characters: p.characters.map(Bucket::config),
+                audio_seconds: p.audio_seconds.map(Bucket::config),
+                max_in_flight: p.max_in_flight,
             };
-            (name, plan)
+            (p.name, plan)
         })
         .collect();
     let plan_names: Vec<String> = plans.keys().cloned().collect();
@@ -247,6 +261,10 @@ fn rate_limits(l: Limits) {
                     assert_eq!(verdict.allowed, verdict.rejection.is_none(), "{verdict:?}");
                     if verdict.in_flight_lease {
                         let _ = limiter.release_in_flight(&store, &who);
+                    }
+                    if verdict.audio.is_some() {
+                        let _ = limiter.charge_audio(&store, now, &who, 2.5);
+                        let _ = limiter.audio_refusal(&store, now, &who, 10.0);
                     }
                 }
             }

@@ -62,8 +62,12 @@ impl Bucket {
 struct Plan {
     requests: Option<Bucket>,
     characters: Option<Bucket>,
+    audio_seconds: Option<Bucket>,
     max_in_flight: Option<u8>,
 }
+
+/// Requests, characters and audio-seconds buckets of a scope.
+type ScopeBuckets = (Option<Bucket>, Option<Bucket>, Option<Bucket>);
 
 #[derive(Arbitrary, Debug)]
 struct Config {
@@ -71,8 +75,8 @@ struct Config {
     extra_slots: u8,
     plans: [Option<Plan>; 3],
     default_plan: u8,
-    anonymous: Option<(Option<Bucket>, Option<Bucket>)>,
-    global: Option<(Option<Bucket>, Option<Bucket>)>,
+    anonymous: Option<ScopeBuckets>,
+    global: Option<ScopeBuckets>,
     headers: u8,
     in_flight_timeout_seconds: u16,
     failed_auth: Bucket,
@@ -88,6 +92,18 @@ enum Op {
     Release {
         subject: Option<u8>,
         address: u8,
+    },
+    /// Audio the sidecar reported for a finished request, in hundredths of a second.
+    ChargeAudio {
+        subject: Option<u8>,
+        address: u8,
+        centiseconds: u16,
+    },
+    /// The sidecar priced a request above the caller's balance.
+    AudioRefusal {
+        subject: Option<u8>,
+        address: u8,
+        centiseconds: u16,
     },
     FailedAuth {
         address: u8,
@@ -195,6 +211,35 @@ fuzz_target!(|input: Input| {
             Op::Release { subject, address } => {
                 let (who, _) = identity(*subject, *address);
                 let _ = limiter.release_in_flight(&store, &who);
+            }
+            Op::ChargeAudio {
+                subject,
+                address,
+                centiseconds,
+            } => {
+                let (who, _) = identity(*subject, *address);
+                let seconds = f64::from(*centiseconds) / 100.0;
+                if let Err(StoreError::Other(message)) =
+                    limiter.charge_audio(&store, now_ms, &who, seconds)
+                {
+                    panic!("the fuzz store never fails otherwise: {message}")
+                }
+            }
+            Op::AudioRefusal {
+                subject,
+                address,
+                centiseconds,
+            } => {
+                let (who, _) = identity(*subject, *address);
+                let seconds = f64::from(*centiseconds) / 100.0;
+                if let Ok(Some(refusal)) = limiter.audio_refusal(&store, now_ms, &who, seconds) {
+                    assert!(refusal.retry_after_s >= 1, "{refusal:?}");
+                    let retry = refusal.headers.iter().find(|(n, _)| n == "Retry-After");
+                    assert_eq!(
+                        retry.map(|(_, v)| v.clone()),
+                        Some(refusal.retry_after_s.to_string())
+                    );
+                }
             }
             Op::FailedAuth { address, cost } => {
                 let key = client_key(address_of(*address));
@@ -321,6 +366,7 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
                 PlanConfig {
                     requests: plan.requests.map(Bucket::config),
                     characters: plan.characters.map(Bucket::config),
+                    audio_seconds: plan.audio_seconds.map(Bucket::config),
                     max_in_flight: plan.max_in_flight.map(|m| u32::from(m % 8) + 1),
                 },
             ))
@@ -330,10 +376,11 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
         .keys()
         .nth(usize::from(c.default_plan) % plans.len().max(1))
         .cloned();
-    let scope = |pair: Option<(Option<Bucket>, Option<Bucket>)>| {
-        pair.map(|(requests, characters)| ScopeConfig {
+    let scope = |buckets: Option<ScopeBuckets>| {
+        buckets.map(|(requests, characters, audio_seconds)| ScopeConfig {
             requests: requests.map(Bucket::config),
             characters: characters.map(Bucket::config),
+            audio_seconds: audio_seconds.map(Bucket::config),
         })
     };
     let config = RateLimitConfig {
@@ -372,8 +419,9 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
             .max()
     })
     .flatten();
-    let never = |pair: &Option<(Option<Bucket>, Option<Bucket>)>| {
-        pair.and_then(|(requests, _)| requests)
+    let never = |buckets: &Option<ScopeBuckets>| {
+        buckets
+            .and_then(|(requests, _, _)| requests)
             .filter(|b| b.never_refills())
             .map(|b| b.config().capacity)
     };
