@@ -50,6 +50,15 @@ def env_port(name: str, default: int) -> int:
     return int(value)
 
 
+def env_count(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    if not value.isdigit() or int(value) > 16:
+        raise ValueError(f"{name}={value!r} is not a number from 0 to 16")
+    return int(value)
+
+
 @dataclass
 class EnvoyParams:
     """Everything that varies between one rendered bootstrap and another."""
@@ -62,15 +71,18 @@ class EnvoyParams:
     wasm_path: Path = WASM
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
     mesh: bool = False
+    xff_trusted_hops: int = 0
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
-        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT."""
+        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT;
+        the trusted X-Forwarded-For hops from VOXGATE_XFF_TRUSTED_HOPS."""
         values = dict(
             listen_port=env_port("VOXGATE_LISTEN_PORT", 10000),
             admin_port=env_port("VOXGATE_ADMIN_PORT", 9901),
             sidecar_port=env_port("VOXGATE_SIDECAR_PORT", 5002),
             jwks_port=env_port("VOXGATE_JWKS_PORT", 8081),
+            xff_trusted_hops=env_count("VOXGATE_XFF_TRUSTED_HOPS", 0),
         )
         values.update(overrides)
         return cls(filter_config=filter_config, **values)
@@ -104,6 +116,7 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
         "ADMIN_PORT": params.admin_port,
         "SIDECAR_PORT": params.sidecar_port,
         "JWKS_PORT": params.jwks_port,
+        "XFF_TRUSTED_HOPS": params.xff_trusted_hops,
         "WASM_PATH": str(params.wasm_path),
         "ACCESS_LOG": str(params.access_log),
         "FILTER_CONFIG": json.dumps(params.filter_config, separators=(",", ":")),

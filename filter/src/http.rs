@@ -18,7 +18,7 @@ use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
-use crate::ratelimit::{Identity, StoreError};
+use crate::ratelimit::{client_key, Identity, StoreError};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Route};
 use crate::validate::Api;
@@ -348,7 +348,7 @@ impl RequestFlow {
                 // Only a token not verified before can cost a signature check: that is what an
                 // address with too many failures is refused before.
                 if let Some(table) = &config.failed_auth {
-                    let peek = table.peek(host, now_ms, self.client_ip(host)?)?;
+                    let peek = table.peek(host, now_ms, &self.client_key(host)?)?;
                     guard.metrics.cas_retries(host, peek.cas_retries);
                     if !peek.allowed {
                         return Err(too_many_failures(peek.retry_after_s).into());
@@ -387,7 +387,7 @@ impl RequestFlow {
 
     fn charge_failed_auth(&mut self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
         if let Some(table) = &guard.config.failed_auth {
-            let take = table.take(host, now_ms, self.client_ip(host)?, 1)?;
+            let take = table.take(host, now_ms, &self.client_key(host)?, 1)?;
             guard.metrics.cas_retries(host, take.cas_retries);
         }
         Ok(())
@@ -465,6 +465,12 @@ impl RequestFlow {
             self.client_ip = Some(ip_without_port(host.client_address()?.as_deref()));
         }
         Ok(self.client_ip.as_deref().unwrap_or(UNKNOWN_CLIENT))
+    }
+
+    /// The identity of the client's address in the failed-auth bucket: the same `client_key`
+    /// as the anonymous bucket's, so an IPv6 client cannot leave one by moving within its /64.
+    fn client_key(&mut self, host: &dyn Host) -> Result<String, HostError> {
+        Ok(client_key(self.client_ip(host)?))
     }
 }
 
@@ -853,6 +859,34 @@ mod tests {
         host.advance(1_000);
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
         assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn failed_authentications_are_counted_per_ipv6_64_and_for_ipv4_mapped_addresses_as_ipv4() {
+        let guard = guard_from(config());
+        let host = host();
+        let forged = bearer(&format!("{}x", token("mallory")));
+        let good = bearer(&token("alice"));
+        for n in 1..=3 {
+            *host.client_address.borrow_mut() = Some(format!("[2001:db8::{n}]:443"));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        *host.client_address.borrow_mut() = Some("[2001:db8::ffff:4]:443".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+        assert_refused(&host, &exchange, 429, "auth_failures");
+        *host.client_address.borrow_mut() = Some("[2001:db8:0:1::1]:443".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+
+        for _ in 0..3 {
+            *host.client_address.borrow_mut() = Some("198.51.100.20:1000".into());
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        *host.client_address.borrow_mut() = Some("[::ffff:198.51.100.20]:2000".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+        assert_refused(&host, &exchange, 429, "auth_failures");
     }
 
     #[test]

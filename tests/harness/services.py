@@ -100,14 +100,15 @@ class Envoy(Service):
     name = "envoy"
 
     def __init__(self, workdir: Path, filter_config: dict, sidecar_port: int, jwks_port: int,
-                 concurrency: int = 2, wasm_path: Path = render_envoy.WASM, mesh: bool = False):
+                 concurrency: int = 2, wasm_path: Path = render_envoy.WASM, mesh: bool = False,
+                 **params):
         super().__init__(workdir)
         self.filter_config = filter_config
         self.concurrency = concurrency
         self.params = render_envoy.EnvoyParams(
             filter_config=filter_config, listen_port=0, admin_port=0, sidecar_port=sidecar_port,
             jwks_port=jwks_port, wasm_path=Path(wasm_path), access_log=self.workdir / "access.log",
-            mesh=mesh)
+            mesh=mesh, **params)
         self.config_path = self.workdir / "envoy.yaml"
         self.admin_address_path = self.workdir / "admin.address"
         self.port: int | None = None
