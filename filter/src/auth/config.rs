@@ -225,6 +225,13 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
     if config.issuer.is_empty() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
+    if super::forward::header_value(&config.issuer).as_deref() != Some(config.issuer.as_str()) {
+        // Forwarded in `x-voxgate-issuer`: it must arrive as configured.
+        return Err(err(
+            format!("{path}.issuer"),
+            "no control, line-separator, bidirectional or invisible characters, no surrounding spaces, at most 256 bytes",
+        ));
+    }
     if config.audiences.is_empty() {
         return Err(err(format!("{path}.audiences"), "at least one audience is required"));
     }
