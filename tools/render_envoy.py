@@ -72,6 +72,9 @@ class EnvoyParams:
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
     mesh: bool = False
     xff_trusted_hops: int = 0
+    # A `JwtAuthentication` config for Envoy's jwt_authn filter, placed before the Wasm filter
+    # (what Istio's RequestAuthentication produces); None: no jwt_authn.
+    jwt_authn: dict | None = None
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
@@ -125,7 +128,27 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
     unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
     if unknown:
         raise ValueError(f"{template}: no value for placeholder(s) {', '.join(unknown)}")
-    return _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+    bootstrap = _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+    if params.jwt_authn is not None:
+        bootstrap = _with_jwt_authn(bootstrap, params.jwt_authn)
+    return bootstrap
+
+
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
+
+
+def _with_jwt_authn(bootstrap: str, jwt_authn: dict) -> str:
+    """The bootstrap with Envoy's jwt_authn filter just before the Wasm filter."""
+    config = yaml.safe_load(bootstrap)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                http_filters = network_filter["typed_config"]["http_filters"]
+                [position] = [i for i, f in enumerate(http_filters) if f["name"] == WASM_FILTER]
+                http_filters.insert(position, {"name": JWT_AUTHN_FILTER, "typed_config": dict(
+                    {"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"},
+                    **jwt_authn)})
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def _standalone(params: EnvoyParams) -> EnvoyParams:

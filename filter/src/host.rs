@@ -62,6 +62,9 @@ pub trait Host: SharedStore {
     /// The downstream peer as Envoy sees it (`source.address`, `ip:port`), honouring
     /// Envoy's own `X-Forwarded-For` trust settings.
     fn client_address(&self) -> Result<Option<String>, HostError>;
+    /// The stream's dynamic metadata (`metadata`: `envoy.config.core.v3.Metadata` in protobuf
+    /// encoding), where filters before this one, such as `jwt_authn`, leave their results.
+    fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError>;
     fn log(&self, level: LogLevel, message: &str);
     /// Defines (or finds) a counter by name and returns its id.
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
@@ -262,6 +265,20 @@ impl ProxyHost {
     }
 }
 
+impl ProxyHost {
+    fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        let mut data = std::ptr::null_mut();
+        let mut size = 0;
+        let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+        let bytes = unsafe { abi::take(data, size) };
+        match status {
+            abi::OK => Ok(Some(bytes)),
+            abi::NOT_FOUND => Ok(None),
+            other => Err(HostError::new("proxy_get_property", other)),
+        }
+    }
+}
+
 impl SharedStore for ProxyHost {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let mut data = std::ptr::null_mut();
@@ -360,16 +377,13 @@ impl Host for ProxyHost {
 
     fn client_address(&self) -> Result<Option<String>, HostError> {
         // Property paths are NUL-separated segments.
-        let path = b"source\0address";
-        let mut data = std::ptr::null_mut();
-        let mut size = 0;
-        let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        let bytes = unsafe { abi::take(data, size) };
-        match status {
-            abi::OK => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            abi::NOT_FOUND => Ok(None),
-            other => Err(HostError::new("proxy_get_property", other)),
-        }
+        Ok(self.property(b"source\0address")?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
+        // The whole message, not a path into it: below `filter_metadata`, Envoy hands a
+        // `Struct` over as untyped pairs, where a number and an 8-byte string look alike.
+        self.property(b"metadata")
     }
 
     fn log(&self, level: LogLevel, message: &str) {
@@ -471,6 +485,8 @@ pub mod fake {
         pub clock_reads: Cell<u32>,
         pub client_address: RefCell<Option<String>>,
         pub client_address_reads: Cell<u32>,
+        /// The stream's dynamic metadata, protobuf-encoded.
+        pub dynamic_metadata: RefCell<Option<Vec<u8>>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         metric_names: RefCell<Vec<String>>,
         metric_values: RefCell<Vec<u64>>,
@@ -608,6 +624,10 @@ pub mod fake {
         fn client_address(&self) -> Result<Option<String>, HostError> {
             self.client_address_reads.set(self.client_address_reads.get() + 1);
             Ok(self.client_address.borrow().clone())
+        }
+
+        fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
+            Ok(self.dynamic_metadata.borrow().clone())
         }
 
         fn log(&self, level: LogLevel, message: &str) {

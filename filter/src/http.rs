@@ -321,8 +321,9 @@ impl RequestFlow {
         self.admit(host, guard, request.map_or(0, |r| r.chars))
     }
 
-    /// Verifies the token (a cached one at once; otherwise after the failed-auth bucket) and
-    /// forwards the verified identity.
+    /// Establishes the identity, from the payload `jwt_authn` verified where a provider trusts
+    /// it, else from the token, and forwards it. A refused credential (401) costs the address
+    /// a failed-auth token.
     fn authenticate(&mut self, host: &dyn Host, guard: &Guard, headers: &[(String, String)]) -> Result<(), Stop> {
         let config = &guard.config;
         let auth = config
@@ -330,32 +331,16 @@ impl RequestFlow {
             .as_ref()
             .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
         let now_ms = self.now_ms(host)?;
-        let token = match auth.token_from_headers(headers) {
-            Ok(Some(token)) => token,
-            // A request without a token costs no verification, so it is not a failure to count.
-            Ok(None) => return Err(auth::token_missing().into()),
-            Err(rejection) => {
-                self.charge_failed_auth(host, guard, now_ms)?;
-                return Err(rejection.into());
-            }
+        let trusted = match auth.trusts_jwt_authn() {
+            true => match host.dynamic_metadata()? {
+                Some(metadata) => auth.verify_jwt_authn_payload(&metadata, now_ms / 1000).map_err(Stop::Internal)?,
+                None => None,
+            },
+            false => None,
         };
-        let cached = auth.verify_cached(&token, now_ms / 1000);
-        // Exported before any early return, so every lookup is counted once.
-        guard.metrics.token_cache(host, auth.cache_stats());
-        let verified = match cached {
-            Cached::Hit(verified) => verified,
-            Cached::Miss(unverified) => {
-                // Only a token not verified before can cost a signature check: that is what an
-                // address with too many failures is refused before.
-                if let Some(table) = &config.failed_auth {
-                    let peek = table.peek(host, now_ms, &self.client_key(host)?)?;
-                    guard.metrics.cas_retries(host, peek.cas_retries);
-                    if !peek.allowed {
-                        return Err(too_many_failures(peek.retry_after_s).into());
-                    }
-                }
-                auth.verify_uncached(unverified)
-            }
+        let verified = match trusted {
+            Some(verified) => verified,
+            None => self.verify_token(host, guard, headers, now_ms)?,
         };
         let verified = match verified {
             Ok(verified) => verified,
@@ -383,6 +368,47 @@ impl RequestFlow {
             .map(str::to_string);
         self.subject = Some(verified.subject.clone());
         Ok(())
+    }
+
+    /// The request's token, verified (a cached one at once; otherwise after the failed-auth
+    /// bucket). A missing token is refused without counting as a failure.
+    fn verify_token(
+        &mut self,
+        host: &dyn Host,
+        guard: &Guard,
+        headers: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Result<Rc<auth::Verified>, Rejection>, Stop> {
+        let config = &guard.config;
+        let auth = config
+            .auth
+            .as_ref()
+            .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
+        let token = match auth.token_from_headers(headers) {
+            Ok(Some(token)) => token,
+            // A request without a token costs no verification, so it is not a failure to count.
+            Ok(None) => return Err(auth::token_missing().into()),
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let cached = auth.verify_cached(&token, now_ms / 1000);
+        // Exported before any early return, so every lookup is counted once.
+        guard.metrics.token_cache(host, auth.cache_stats());
+        let verified = match cached {
+            Cached::Hit(verified) => verified,
+            Cached::Miss(unverified) => {
+                // Only a token not verified before can cost a signature check: that is what an
+                // address with too many failures is refused before.
+                if let Some(table) = &config.failed_auth {
+                    let peek = table.peek(host, now_ms, &self.client_key(host)?)?;
+                    guard.metrics.cas_retries(host, peek.cas_retries);
+                    if !peek.allowed {
+                        return Err(too_many_failures(peek.retry_after_s).into());
+                    }
+                }
+                auth.verify_uncached(unverified)
+            }
+        };
+        Ok(verified)
     }
 
     fn charge_failed_auth(&mut self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
@@ -887,6 +913,104 @@ mod tests {
         *host.client_address.borrow_mut() = Some("[::ffff:198.51.100.20]:2000".into());
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
         assert_refused(&host, &exchange, 429, "auth_failures");
+    }
+
+    const MESH_ISSUER: &str = "https://mesh.test";
+
+    /// The test configuration with a second provider whose tokens `jwt_authn` verifies.
+    fn mesh_config() -> Value {
+        let mut config = config();
+        config["auth"]["providers"].as_array_mut().unwrap().push(json!({
+            "name": "mesh", "issuer": MESH_ISSUER, "audiences": ["voxgate"], "max_lifetime_seconds": 7200,
+            "jwt_authn": {"payload_in_metadata": "mesh_payload"}}));
+        config
+    }
+
+    fn mesh_payload(changes: Value) -> Value {
+        let mut payload = json!({"iss": MESH_ISSUER, "sub": "meshuser", "aud": ["voxgate"], "scope": "tts",
+                                 "plan": "pro", "iat": NOW - 10, "exp": NOW + 600});
+        for (name, value) in changes.as_object().unwrap() {
+            payload[name] = value.clone();
+        }
+        payload
+    }
+
+    fn set_metadata(host: &FakeHost, payload: Option<Value>) {
+        *host.dynamic_metadata.borrow_mut() = payload.map(|payload| {
+            crate::auth::metadata_encode::metadata(&[
+                ("istio_authn", json!({"request.auth.principal": "x"})),
+                (crate::auth::JWT_AUTHN_NAMESPACE, json!({"mesh_payload": payload})),
+            ])
+        });
+    }
+
+    #[test]
+    fn a_payload_jwt_authn_verified_is_the_identity_without_any_signature_check() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        set_metadata(&host, Some(mesh_payload(json!({}))));
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("meshuser"));
+        assert_eq!(host.request_header("x-voxgate-issuer").as_deref(), Some(MESH_ISSUER));
+        assert_eq!(host.request_header("x-voxgate-plan").as_deref(), Some("pro"));
+        exchange.flow.on_response_headers(&host);
+        assert_eq!(host.response_header("X-RateLimit-Limit").as_deref().map(|l| l.starts_with("100")), Some(true),
+                   "charged to the payload's plan");
+        assert_eq!(guard.config.auth.as_ref().unwrap().stats().signature_checks, 0);
+    }
+
+    #[test]
+    fn a_payload_meets_the_providers_claim_rules() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        let cases = [
+            (json!({"aud": "elsewhere"}), 403, "wrong_audience"),
+            (json!({"scope": "read"}), 403, "insufficient_scope"),
+            (json!({"exp": NOW - 3600}), 401, "token_expired"),
+            (json!({"exp": NOW + 86_400}), 401, "token_lifetime_too_long"),
+            (json!({"iss": ISSUER}), 401, "wrong_issuer"),
+            (json!({"sub": "mesh\u{202E}user"}), 401, "token_malformed"),
+            (json!({"sub": ""}), 401, "subject_missing"),
+        ];
+        for (n, (changes, status, code)) in cases.into_iter().enumerate() {
+            *host.client_address.borrow_mut() = Some(format!("198.51.100.{}:1000", n + 1));
+            set_metadata(&host, Some(mesh_payload(changes)));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+            assert_refused(&host, &exchange, status, code);
+        }
+    }
+
+    #[test]
+    fn without_a_payload_a_token_of_a_jwt_authn_issuer_is_refused_and_others_verified_here() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        set_metadata(&host, None);
+        let unverified = bearer(&token_with(json!({"iss": MESH_ISSUER})));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&unverified))), None);
+        assert_refused(&host, &exchange, 401, "token_unverified");
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_refused(&host, &exchange, 401, "token_missing");
+        // Metadata without this provider's payload, and a header named like it, change nothing.
+        *host.dynamic_metadata.borrow_mut() =
+            Some(crate::auth::metadata_encode::metadata(&[("istio_authn", json!({"sub": "meshuser"}))]));
+        let payload = mesh_payload(json!({})).to_string();
+        let headers = [(":method", "GET"), (":path", "/v1/models"), ("envoy.filters.http.jwt_authn", &payload),
+                       ("mesh_payload", &payload)];
+        let exchange = send(&guard, &host, &headers, None);
+        assert_refused(&host, &exchange, 401, "token_missing");
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("alice"))))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn metadata_that_does_not_decode_refuses_the_request() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        *host.dynamic_metadata.borrow_mut() = Some(vec![0x0A, 0xFF]);
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_refused(&host, &exchange, 500, "internal_error");
     }
 
     #[test]

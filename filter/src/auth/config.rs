@@ -58,6 +58,9 @@ pub struct ProviderConfig {
     pub jwks: Option<Value>,
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
+    /// Trust the payloads Envoy's `jwt_authn` verified instead of verifying tokens here.
+    #[serde(default)]
+    pub jwt_authn: Option<JwtAuthnConfig>,
     /// Refuse tokens without `exp` (default); `false` caches them for `cache_ttl_seconds`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
@@ -77,6 +80,14 @@ pub struct RemoteJwksConfig {
     pub refresh_seconds: u64,
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+}
+
+/// Where `jwt_authn` leaves the payloads it verified for this provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthnConfig {
+    /// The `payload_in_metadata` of the `jwt_authn` provider (Istio uses the issuer).
+    pub payload_in_metadata: String,
 }
 
 /// Size of the failed-authentication bucket, applied per client address by the pipeline.
@@ -130,6 +141,7 @@ impl AuthConfig {
         }
         let mut names = HashSet::new();
         let mut issuers = HashSet::new();
+        let mut payload_keys = HashSet::new();
         let mut providers = Vec::with_capacity(self.providers.len());
         for (index, provider) in self.providers.into_iter().enumerate() {
             let path = format!("providers[{index}]");
@@ -138,6 +150,14 @@ impl AuthConfig {
             }
             if !issuers.insert(provider.issuer.clone()) {
                 return Err(err(format!("{path}.issuer"), "another provider has the same issuer"));
+            }
+            if let Some(trust) = &provider.jwt_authn {
+                if !payload_keys.insert(trust.payload_in_metadata.clone()) {
+                    return Err(err(
+                        format!("{path}.jwt_authn.payload_in_metadata"),
+                        "another provider reads the same payload",
+                    ));
+                }
             }
             providers.push(compile_provider(provider, &path)?);
         }
@@ -238,7 +258,8 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
     if let Some(i) = config.audiences.iter().position(String::is_empty) {
         return Err(err(format!("{path}.audiences[{i}]"), "must not be empty"));
     }
-    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, require_exp, max_lifetime_seconds } = config;
+    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, jwt_authn, require_exp, max_lifetime_seconds } =
+        config;
     match max_lifetime_seconds {
         Some(0) => return Err(err(format!("{path}.max_lifetime_seconds"), "must be at least 1")),
         Some(_) if !require_exp => {
@@ -250,18 +271,24 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
         _ => {}
     }
     let times = TimeRules { require_exp, max_lifetime_s: max_lifetime_seconds };
-    match (jwks, remote_jwks) {
-        (Some(document), None) => {
+    match (jwks, remote_jwks, jwt_authn) {
+        (Some(document), None, None) => {
             let keys = KeySet::from_document(&document, Strictness::EveryKey)
                 .map_err(|e| err(format!("{path}.jwks.{}", e.path()), e.message))?;
             Ok(Provider::inline(name, issuer, audiences, times, keys))
         }
-        (None, Some(remote)) => {
+        (None, Some(remote), None) => {
             check_remote(&remote, &format!("{path}.remote_jwks"))?;
             Ok(Provider::remote(name, issuer, audiences, times, RemoteJwks::new(remote)))
         }
-        (Some(_), Some(_)) => Err(err(path, "give either `jwks` or `remote_jwks`, not both")),
-        (None, None) => Err(err(path, "a provider needs `jwks` or `remote_jwks`")),
+        (None, None, Some(trust)) => {
+            if trust.payload_in_metadata.is_empty() {
+                return Err(err(format!("{path}.jwt_authn.payload_in_metadata"), "must not be empty"));
+            }
+            Ok(Provider::jwt_authn(name, issuer, audiences, times, trust.payload_in_metadata))
+        }
+        (None, None, None) => Err(err(path, "a provider needs one of `jwks`, `remote_jwks` or `jwt_authn`")),
+        _ => Err(err(path, "give only one of `jwks`, `remote_jwks` and `jwt_authn`")),
     }
 }
 

@@ -25,6 +25,7 @@ pub const REJECTION_CODES: &[&str] = &[
     "token_lifetime_too_long",
     "subject_missing",
     "bad_signature",
+    "token_unverified",
     "wrong_audience",
     "insufficient_scope",
 ];

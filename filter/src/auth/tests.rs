@@ -614,6 +614,26 @@ fn configuration_problems_name_the_field() {
                                   "require_exp": false, "max_lifetime_seconds": 3600}]}),
             "auth.providers[0].max_lifetime_seconds",
         ),
+        (
+            json!({"providers": [{"name": "dev", "issuer": "https://idp\u{202E}", "audiences": ["a"], "jwks": jwks}]}),
+            "auth.providers[0].issuer",
+        ),
+        (
+            json!({"providers": [{"name": "mesh", "issuer": "i", "audiences": ["a"], "jwks": jwks,
+                                  "jwt_authn": {"payload_in_metadata": "i"}}]}),
+            "auth.providers[0]",
+        ),
+        (
+            json!({"providers": [{"name": "mesh", "issuer": "i", "audiences": ["a"],
+                                  "jwt_authn": {"payload_in_metadata": ""}}]}),
+            "auth.providers[0].jwt_authn.payload_in_metadata",
+        ),
+        (
+            json!({"providers": [
+                {"name": "a", "issuer": "i", "audiences": ["a"], "jwt_authn": {"payload_in_metadata": "p"}},
+                {"name": "b", "issuer": "j", "audiences": ["a"], "jwt_authn": {"payload_in_metadata": "p"}}]}),
+            "auth.providers[1].jwt_authn.payload_in_metadata",
+        ),
         (with(json!({"clock_skew_seconds": 3601})), "auth.clock_skew_seconds"),
         (with(json!({"cache_entries": 0})), "auth.cache_entries"),
         (with(json!({"cache_ttl_seconds": 0})), "auth.cache_ttl_seconds"),
