@@ -396,16 +396,29 @@ impl RequestFlow {
         let verified = match cached {
             Cached::Hit(verified) => verified,
             Cached::Miss(unverified) => {
-                // Only a token not verified before can cost a signature check: that is what an
-                // address with too many failures is refused before.
+                // Only a token not verified before can cost a signature check.
+                let mut exhausted = None;
                 if let Some(table) = &config.failed_auth {
                     let peek = table.peek(host, now_ms, &self.client_key(host)?)?;
                     guard.metrics.cas_retries(host, peek.cas_retries);
                     if !peek.allowed {
-                        return Err(too_many_failures(peek.retry_after_s).into());
+                        exhausted = Some(peek.retry_after_s);
                     }
                 }
-                auth.verify_uncached(unverified)
+                match exhausted {
+                    // Every client has an address of its own: its failures say all its
+                    // tokens are worth refusing unchecked.
+                    Some(retry_after_s) if auth.failed_auth_refuses_before_verification() => {
+                        return Err(too_many_failures(retry_after_s).into());
+                    }
+                    // An address many clients may share: a token that verifies passes whoever
+                    // else failed from there; one that does not is told to back off.
+                    Some(retry_after_s) => match auth.verify_uncached(unverified) {
+                        Err(rejection) if rejection.status == 401 => Err(too_many_failures(retry_after_s)),
+                        other => other,
+                    },
+                    None => auth.verify_uncached(unverified),
+                }
             }
         };
         Ok(verified)
@@ -856,9 +869,37 @@ mod tests {
         }
     }
 
+    /// The test configuration for addresses that each identify one client.
+    fn refusing_before_verification() -> Value {
+        let mut config = config();
+        config["auth"]["failed_auth"]["refuse_before_verification"] = json!(true);
+        config
+    }
+
+    #[test]
+    fn behind_a_shared_address_fresh_valid_tokens_pass_while_forgeries_from_it_get_429() {
+        let guard = guard_from(config());
+        let host = host();
+        let forged = bearer(&format!("{}x", token("mallory")));
+        for _ in 0..3 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        for n in 0..20 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            let sent = assert_refused(&host, &exchange, 429, "auth_failures");
+            assert_eq!(sent.header("retry-after"), Some("1"));
+            let fresh = bearer(&token(&format!("user-{n}")));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&fresh))), None);
+            assert_forwarded(&host, &exchange);
+        }
+        let stats = guard.config.auth.as_ref().unwrap().stats();
+        assert_eq!(stats.signature_checks, 43, "every new token is checked: none is refused unchecked");
+    }
+
     #[test]
     fn failed_authentications_block_the_address_before_any_verification() {
-        let guard = guard_from(config());
+        let guard = guard_from(refusing_before_verification());
         let host = host();
         let forged = format!("{}x", token("mallory"));
         for _ in 0..3 {
@@ -1015,7 +1056,7 @@ mod tests {
 
     #[test]
     fn a_cached_token_passes_an_address_blocked_for_failures_without_asking_for_the_address() {
-        let guard = guard_from(config());
+        let guard = guard_from(refusing_before_verification());
         let host = host();
         let good = bearer(&token("alice"));
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);

@@ -96,6 +96,11 @@ pub struct JwtAuthnConfig {
 pub struct FailedAuthLimit {
     pub capacity: u64,
     pub refill_per_second: f64,
+    /// With an empty bucket, refuse an address's new tokens before any signature check. Only
+    /// where every client has an address of its own: behind a shared address it would lock
+    /// out every client there.
+    #[serde(default)]
+    pub refuse_before_verification: bool,
 }
 
 fn default_token_header() -> String {
@@ -114,7 +119,7 @@ fn default_max_token_bytes() -> usize {
     8192
 }
 fn default_failed_auth() -> Option<FailedAuthLimit> {
-    Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0 })
+    Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0, refuse_before_verification: false })
 }
 fn default_true() -> bool {
     true

@@ -306,6 +306,11 @@ impl Authenticator {
         self.settings.failed_auth
     }
 
+    /// Whether an address with an empty failed-auth bucket is refused before verification.
+    pub fn failed_auth_refuses_before_verification(&self) -> bool {
+        self.settings.failed_auth.is_some_and(|limit| limit.refuse_before_verification)
+    }
+
     /// (hits, misses) of the verified-token cache.
     pub fn cache_stats(&self) -> (u64, u64) {
         (self.cache.hits(), self.cache.misses())

@@ -658,7 +658,7 @@ fn defaults_and_failed_auth_limit() {
     let auth =
         compile(json!({"providers": [{"name": "dev", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]}))
             .unwrap();
-    assert_eq!(auth.failed_auth_limit(), Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0 }));
+    assert_eq!(auth.failed_auth_limit(), Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0, refuse_before_verification: false }));
     assert!(auth.remote_jwks().is_empty());
     let disabled = json!({"providers": [{"name": "dev", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}], "failed_auth": null});
     assert_eq!(compile(disabled).unwrap().failed_auth_limit(), None);
