@@ -65,6 +65,9 @@ pub trait Host: SharedStore {
     /// The stream's dynamic metadata (`metadata`: `envoy.config.core.v3.Metadata` in protobuf
     /// encoding), where filters before this one, such as `jwt_authn`, leave their results.
     fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// A variable of the VM's environment (`vm_config.environment_variables`), where secrets
+    /// that must stay out of the plugin configuration come from.
+    fn env_var(&self, name: &str) -> Option<String>;
     fn log(&self, level: LogLevel, message: &str);
     /// Defines (or finds) a counter by name and returns its id.
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
@@ -380,6 +383,11 @@ impl Host for ProxyHost {
         Ok(self.property(b"source\0address")?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
+    fn env_var(&self, name: &str) -> Option<String> {
+        // WASI `environ_get`: Envoy serves it from `vm_config.environment_variables`.
+        std::env::var(name).ok()
+    }
+
     fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
         // The whole message, not a path into it: below `filter_metadata`, Envoy hands a
         // `Struct` over as untyped pairs, where a number and an 8-byte string look alike.
@@ -487,6 +495,8 @@ pub mod fake {
         pub client_address_reads: Cell<u32>,
         /// The stream's dynamic metadata, protobuf-encoded.
         pub dynamic_metadata: RefCell<Option<Vec<u8>>>,
+        /// The VM's environment.
+        pub env: RefCell<Vec<(String, String)>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         metric_names: RefCell<Vec<String>>,
         metric_values: RefCell<Vec<u64>>,
@@ -628,6 +638,10 @@ pub mod fake {
 
         fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
             Ok(self.dynamic_metadata.borrow().clone())
+        }
+
+        fn env_var(&self, name: &str) -> Option<String> {
+            self.env.borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         }
 
         fn log(&self, level: LogLevel, message: &str) {

@@ -362,10 +362,9 @@ impl RequestFlow {
         }
         let plan_claim = config.rate_limits.plan_claim();
         self.plan = verified
-            .claims
-            .get(plan_claim)
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+            .plan
+            .clone()
+            .or_else(|| verified.claims.get(plan_claim).and_then(|v| v.as_str()).map(str::to_string));
         self.subject = Some(verified.subject.clone());
         Ok(())
     }
@@ -1052,6 +1051,65 @@ mod tests {
         *host.dynamic_metadata.borrow_mut() = Some(vec![0x0A, 0xFF]);
         let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
         assert_refused(&host, &exchange, 500, "internal_error");
+    }
+
+    const PEPPER: &str = "a pepper from the environment";
+
+    fn api_key_config() -> Value {
+        use crate::auth::api_key_entries::entry;
+        let pepper = PEPPER.as_bytes();
+        let mut config = config();
+        config["auth"]["api_keys"] = json!({"pepper_env": "VOXGATE_API_KEY_PEPPER", "keys": [
+            entry("ci", "sk-ci-0123456789", pepper, "ci-bot", json!({"plan": "pro"})),
+            entry("old", "sk-old-0123456789", pepper, "old-bot", json!({"revoked": true})),
+            entry("reader", "sk-read-0123456789", pepper, "reader", json!({"scopes": ["read"]})),
+        ]});
+        config
+    }
+
+    fn api_key_guard() -> Rc<Guard> {
+        let host = FakeHost::new();
+        host.env.borrow_mut().push(("VOXGATE_API_KEY_PEPPER".into(), PEPPER.into()));
+        *host.configuration.borrow_mut() = Some(api_key_config().to_string().into_bytes());
+        let mut root = crate::root::RootState::new();
+        assert!(root.configure(&host), "{:?}", host.logs.borrow());
+        root.guard().unwrap()
+    }
+
+    #[test]
+    fn api_keys_authenticate_with_their_subject_plan_and_scopes() {
+        let guard = api_key_guard();
+        let host = host();
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer("sk-ci-0123456789")))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("ci-bot"));
+        assert_eq!(host.request_header("x-voxgate-issuer").as_deref(), Some(crate::auth::API_KEY_ISSUER));
+        assert_eq!(host.request_header("x-voxgate-plan").as_deref(), Some("pro"));
+        assert_eq!(host.request_header("authorization"), None, "the key is not forwarded");
+        exchange.flow.on_response_headers(&host);
+        let limit = host.response_header("X-RateLimit-Limit").unwrap();
+        assert_eq!(limit, "100", "the pro plan");
+        let cases = [
+            ("sk-old-0123456789", 401, "api_key_revoked"),
+            ("sk-nobody-0123456789", 401, "api_key_unknown"),
+            ("sk-read-0123456789", 403, "insufficient_scope"),
+        ];
+        for (key, status, code) in cases {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(key)))), None);
+            let sent = assert_refused(&host, &exchange, status, code);
+            assert!(!sent.body.contains(key));
+        }
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("alice"))))), None);
+        assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn a_missing_pepper_refuses_the_configuration() {
+        let host = FakeHost::new();
+        *host.configuration.borrow_mut() = Some(api_key_config().to_string().into_bytes());
+        let mut root = crate::root::RootState::new();
+        assert!(!root.configure(&host));
+        assert!(host.logs.borrow().iter().any(|(_, line)| line.contains("auth.api_keys.pepper_env")));
     }
 
     #[test]

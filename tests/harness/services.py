@@ -101,8 +101,10 @@ class Envoy(Service):
 
     def __init__(self, workdir: Path, filter_config: dict, sidecar_port: int, jwks_port: int,
                  concurrency: int = 2, wasm_path: Path = render_envoy.WASM, mesh: bool = False,
-                 **params):
+                 extra_env: dict | None = None, **params):
         super().__init__(workdir)
+        # Envoy's environment, which the filter VM sees through vm_config.environment_variables.
+        self.extra_env = dict(extra_env or {})
         self.filter_config = filter_config
         self.concurrency = concurrency
         self.params = render_envoy.EnvoyParams(
@@ -141,7 +143,7 @@ class Envoy(Service):
                      # Warnings, plus the filter's own lines (one per refusal) at info.
                      "--log-level", "warn", "--component-log-level", "wasm:info",
                      "--admin-address-path", str(self.admin_address_path)],
-                    dict(os.environ))
+                    dict(os.environ, **self.extra_env))
         try:
             procs.wait_until(self._ready, "Envoy", self.proc, self.log_path, ENVOY_READY_SECONDS)
         except procs.StartupError:

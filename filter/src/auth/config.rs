@@ -23,7 +23,11 @@ const TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// Opaque API keys, known by their hashes.
+    #[serde(default)]
+    pub api_keys: Option<super::api_keys::ApiKeysConfig>,
     /// `authorization` (Bearer scheme), or the name of a header carrying the raw token.
     #[serde(default = "default_token_header")]
     pub token_header: String,
@@ -138,8 +142,8 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl AuthConfig {
     /// Validates the section and builds the per-worker authenticator.
     pub fn compile(self) -> Result<Authenticator, ConfigError> {
-        if self.providers.is_empty() {
-            return Err(err("providers", "at least one provider is required"));
+        if self.providers.is_empty() && self.api_keys.is_none() {
+            return Err(err("providers", "at least one provider (or `api_keys`) is required"));
         }
         if self.providers.len() > MAX_PROVIDERS {
             return Err(err("providers", format!("at most {MAX_PROVIDERS} providers")));
@@ -224,8 +228,10 @@ impl AuthConfig {
             }
         }
 
+        let api_keys = self.api_keys.map(super::api_keys::ApiKeys::compile).transpose()?;
         Authenticator::new(super::Settings {
             providers,
+            api_keys,
             token_header: (token_header != super::extract::AUTHORIZATION).then_some(token_header),
             clock_skew_s: self.clock_skew_seconds,
             required_scopes_text: self.required_scopes.join(" "),

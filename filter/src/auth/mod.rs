@@ -11,6 +11,7 @@
 //! same claim rules with no signature check; a token of its issuer that reached the filter
 //! without such a payload was not verified, and is refused.
 
+mod api_keys;
 mod cache;
 mod claims;
 mod config;
@@ -34,11 +35,15 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
+use crate::config::ConfigError;
 use crate::decision::Rejection;
 use cache::{CachedToken, TokenCache};
 use jwks::{KeyMiss, KeySet};
 use provider::{KeysReplaced, Provider};
 
+pub use api_keys::{ApiKeyConfig, ApiKeysConfig, API_KEY_ISSUER};
+#[cfg(test)]
+pub(crate) use api_keys::test_entries as api_key_entries;
 pub use config::{AuthConfig, FailedAuthLimit, JwtAuthnConfig, ProviderConfig, RemoteJwksConfig};
 pub use metadata::JWT_AUTHN_NAMESPACE;
 #[cfg(test)]
@@ -57,8 +62,10 @@ pub struct Verified {
     pub issuer: String,
     /// The `exp` claim; `u64::MAX` for a provider with `require_exp: false` and a token without one.
     pub expires_at: u64,
-    /// Every claim of the token.
+    /// Every claim of the token (for an API key: `sub`, `iss`, `scope`, `plan`, `api_key_id`).
     pub claims: Map<String, Value>,
+    /// An API key's plan, whatever the plan claim is named; `None` for a token.
+    pub plan: Option<String>,
     /// `x-voxgate-subject`, `x-voxgate-issuer` and the configured `forward_claims` headers,
     /// for the upstream.
     pub forwarded: Vec<(String, String)>,
@@ -92,6 +99,7 @@ pub struct AuthStats {
 /// The validated configuration, as `AuthConfig::compile` hands it over.
 pub(crate) struct Settings {
     pub providers: Vec<Provider>,
+    pub api_keys: Option<api_keys::ApiKeys>,
     /// Header carrying a raw token, besides `Authorization: Bearer`.
     pub token_header: Option<String>,
     pub clock_skew_s: u64,
@@ -151,6 +159,13 @@ impl Authenticator {
                 "the token is larger than allowed",
             )));
         }
+        if let Some(keys) = &self.settings.api_keys {
+            if !api_keys::is_jwt_shaped(token) {
+                // A hash lookup, no signature: as cheap as a cache hit, so not guarded by the
+                // failed-auth bucket (a refused key still costs the address a failure).
+                return Cached::Hit(self.verify_api_key(keys, token));
+            }
+        }
         let digest = self.cache.digest(token);
         match self.cache.get(&digest, now_s) {
             Some(cached) => Cached::Hit(self.authorize(cached.provider, cached.verified)),
@@ -200,6 +215,29 @@ impl Authenticator {
         self.authorize(provider_index, verified)
     }
 
+    fn verify_api_key(&self, keys: &api_keys::ApiKeys, key: &str) -> Result<Rc<Verified>, Rejection> {
+        let identity = keys.lookup(key)?;
+        claims::check_scopes(identity.claims, &self.settings.required_scopes, &self.settings.required_scopes_text)?;
+        let forwarded = forward::forwarded_headers(identity.subject, API_KEY_ISSUER, identity.claims, &self.settings.forward_claims);
+        Ok(Rc::new(Verified {
+            subject: identity.subject.to_string(),
+            issuer: API_KEY_ISSUER.to_string(),
+            expires_at: u64::MAX,
+            claims: identity.claims.clone(),
+            plan: identity.plan.map(str::to_string),
+            forwarded,
+        }))
+    }
+
+    /// Reads the secrets the configuration names from the VM's environment (`env`): the API
+    /// keys' pepper. Called once at configure time.
+    pub fn load_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        match &mut self.settings.api_keys {
+            Some(keys) => keys.load_pepper(env),
+            None => Ok(()),
+        }
+    }
+
     /// Whether a provider trusts `jwt_authn`: only then is the stream's metadata worth reading.
     pub fn trusts_jwt_authn(&self) -> bool {
         self.settings.providers.iter().any(|p| p.payload_key.is_some())
@@ -243,6 +281,7 @@ impl Authenticator {
             issuer: provider.issuer.clone(),
             expires_at: expires_at.unwrap_or(u64::MAX),
             claims,
+            plan: None,
             forwarded,
         })
     }

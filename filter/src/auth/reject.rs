@@ -26,6 +26,8 @@ pub const REJECTION_CODES: &[&str] = &[
     "subject_missing",
     "bad_signature",
     "token_unverified",
+    "api_key_unknown",
+    "api_key_revoked",
     "wrong_audience",
     "insufficient_scope",
 ];
