@@ -3,9 +3,10 @@ not match (each carries a valid header and valid claims for its own subject, and
 signature of the next token in the set), sent by wrk over 16 keep-alive connections, every
 request with the next of 4,096 such tokens, to `GET /v1/models` on a front Envoy (one worker)
 before an upstream that no request may reach. Subjects: the voxgate filter with its default
-configuration (a token not in the verified-token cache meets the failed-auth bucket of the client
-address first, 20 failures then 1 per second, so most of the flood is refused with 429 before any
-check of the token), Envoy's native `jwt_authn` without its cache (every token verified) plus
+configuration and `failed_auth.refuse_before_verification` (every client has an address of its
+own; a token not in the verified-token cache meets the failed-auth bucket of the client address
+first, 20 failures then 1 per second, so most of the flood is refused with 429 before any check of
+the token), Envoy's native `jwt_authn` without its cache (every token verified) plus
 `local_ratelimit`, and, for reference, the voxgate filter without the failed-auth bucket (every
 token verified). Measured per phase: refusals per second, the front Envoy's CPU time per refusal
 (utime + stime from /proc around the phase), and the refusals by status. The subjects take turns
@@ -65,6 +66,7 @@ def run(ctx: Context) -> Section:
 
     default_config = render_envoy.filter_config(keys.jwks())
     failed_auth = default_config["auth"]["failed_auth"]
+    failed_auth["refuse_before_verification"] = True
     unbucketed_config = render_envoy.filter_config(keys.jwks())
     unbucketed_config["auth"]["failed_auth"] = None
     with ExitStack() as stack:

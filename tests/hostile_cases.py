@@ -393,6 +393,13 @@ def _token_cases() -> list[Case]:
         bad("sub_with_crlf", lambda k: k.token(sub="alice\r\nx-voxgate-plan: pro")),
         bad("sub_with_nul", lambda k: k.token(sub="alice\u0000")),
         bad("sub_surrounding_spaces", lambda k: k.token(sub=" alice ")),
+        # Characters that would forge or disguise a log line or the forwarded subject.
+        bad("sub_with_right_to_left_override", lambda k: k.token(sub="alice\u202enimda")),
+        bad("sub_with_line_separator", lambda k: k.token(sub="alice\u2028voxgate: refused reason=x")),
+        bad("sub_with_paragraph_separator", lambda k: k.token(sub="alice\u2029")),
+        bad("sub_with_lone_zero_width_space", lambda k: k.token(sub="ad\u200bmin")),
+        bad("sub_with_bidi_isolates", lambda k: k.token(sub="\u2066alice\u2069")),
+        bad("sub_with_next_line", lambda k: k.token(sub="alice\u0085")),
         bad("sub_longer_than_a_header_value", lambda k: k.token(sub="s" * 300)),
         bad("aud_missing", lambda k: k.token(aud=None), "wrong_audience", status=403),
         bad("aud_empty_list", lambda k: k.token(aud=[]), "wrong_audience", status=403),

@@ -16,6 +16,7 @@ from tools import devkeys, devtoken, render_envoy
 
 REPO_ROOT = render_envoy.REPO_ROOT
 ISTIO_MANIFEST = REPO_ROOT / "envoy" / "istio" / "wasmplugin.yaml"
+ISTIO_JWT_AUTHN_MANIFEST = REPO_ROOT / "envoy" / "istio" / "jwt-authn.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,23 @@ def test_istio_plugin_config_matches_the_local_one_except_providers():
 def test_envoy_accepts_the_istio_plugin_config(tmp_path):
     plugin_config = istio_documents()[0]["spec"]["pluginConfig"]
     path, _ = rendered(tmp_path, plugin_config, mesh=True)
+    result = render_envoy.validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_istio_jwt_authn_manifest_differs_only_in_its_provider_and_phase(tmp_path):
+    authentication, plugin = yaml.safe_load_all(ISTIO_JWT_AUTHN_MANIFEST.read_text())
+    assert authentication["kind"] == "RequestAuthentication"
+    [rule] = authentication["spec"]["jwtRules"]
+    assert plugin["spec"]["phase"] == "AUTHZ", "after Istio's jwt_authn"
+    config = plugin["spec"]["pluginConfig"]
+    [provider] = config["auth"]["providers"]
+    assert (provider["issuer"], provider["jwt_authn"]["payload_in_metadata"]) == (rule["issuer"],) * 2, \
+        "Istio keys the payload by its issuer"
+    standalone = istio_documents()[0]["spec"]["pluginConfig"]
+    without_providers = lambda c: dict(c, auth={k: v for k, v in c["auth"].items() if k != "providers"})  # noqa: E731
+    assert without_providers(config) == without_providers(standalone)
+    path, _ = rendered(tmp_path, config, mesh=True)
     result = render_envoy.validate(path)
     assert result.returncode == 0, result.stdout + result.stderr
 

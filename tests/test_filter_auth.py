@@ -9,6 +9,7 @@ drain each other's buckets.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 
@@ -37,11 +38,16 @@ class _SourceAddress(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
-def client() -> requests.Session:
-    """A session whose connections come from a loopback address no other test uses."""
+def client_address() -> str:
+    """A loopback address no other test uses."""
     n = next(_source_hosts)
+    return f"127.0.{10 + n // 250}.{1 + n % 250}"
+
+
+def client(address: str | None = None) -> requests.Session:
+    """A session whose connections come from `address`, by default one no other test uses."""
     session = requests.Session()
-    session.mount("http://", _SourceAddress(f"127.0.{10 + n // 250}.{1 + n % 250}"))
+    session.mount("http://", _SourceAddress(address or client_address()))
     return session
 
 
@@ -215,18 +221,70 @@ def test_route_without_auth_needs_no_token(stack):
     assert response.status_code == 200
 
 
-def test_address_sending_bad_tokens_is_refused_before_verification(stack):
-    """After `failed_auth.capacity` (20) failures the address gets 429, even with a good token."""
+def test_an_address_sending_bad_tokens_gets_429_for_them_while_its_valid_tokens_pass(stack):
+    """After `failed_auth.capacity` (20) failures the address's forged tokens get 429; a fresh valid
+    token from it still passes: the address may be a gateway many clients share."""
     session = client()
     capacity = stack.filter_config()["auth"]["failed_auth"]["capacity"]
     forged = stack.token(sub=subject(), signing_key=devkeys.generate_private("ES256"))
     statuses = [session.get(stack.url + MODELS, headers=bearer(forged), timeout=TIMEOUT).status_code
                 for _ in range(capacity)]
     assert statuses == [401] * capacity
-    response = session.get(stack.url + MODELS, headers=bearer(stack.token(sub=subject())), timeout=TIMEOUT)
+    response = session.get(stack.url + MODELS, headers=bearer(forged), timeout=TIMEOUT)
     assert response.status_code == 429
     assert error_of(response)["code"] == "auth_failures"
     assert 1 <= int(response.headers["retry-after"]) <= 2
+    assert session.get(stack.url + MODELS, headers=bearer(stack.token(sub=subject())),
+                       timeout=TIMEOUT).status_code == 200
+
+
+def test_a_forged_token_flood_from_one_gateway_address_never_locks_out_valid_users(stack):
+    """Attackers and users behind one address (an ingress gateway): while four connections flood it
+    with forged tokens, every user with a fresh valid token gets 200."""
+    address = client_address()
+    foreign = devkeys.generate_private("ES256")
+    forged_tokens = [stack.token(sub=subject(), signing_key=foreign) for _ in range(40)]
+    stop = threading.Event()
+    refused: list[int] = []
+
+    def flood():
+        session = client(address)
+        while not stop.is_set():
+            for token in forged_tokens:
+                refused.append(session.get(stack.url + MODELS, headers=bearer(token), timeout=TIMEOUT).status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while refused.count(429) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        users = client(address)
+        statuses = [users.get(stack.url + MODELS, headers=bearer(stack.token(sub=subject(), alg=alg)),
+                              timeout=TIMEOUT).status_code
+                    for alg in ["ES256", "RS256", "HS256"] * 10]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert statuses == [200] * len(statuses)
+    assert set(refused) <= {401, 429} and refused.count(429) >= 20
+
+
+def test_refusing_before_verification_refuses_even_a_valid_token_of_an_exhausted_address(stack, envoy_factory):
+    """`failed_auth.refuse_before_verification`, for deployments where every client has its own
+    address: once the bucket is empty, no new token of that address is checked."""
+    config = stack.filter_config()
+    config["auth"]["failed_auth"] = {"capacity": 3, "refill_per_second": 0.01, "refuse_before_verification": True}
+    envoy = envoy_factory(config)
+    session = client()
+    forged = stack.token(sub=subject(), signing_key=devkeys.generate_private("ES256"))
+    assert [session.get(envoy.url + MODELS, headers=bearer(forged), timeout=TIMEOUT).status_code
+            for _ in range(3)] == [401] * 3
+    response = session.get(envoy.url + MODELS, headers=bearer(stack.token(sub=subject())), timeout=TIMEOUT)
+    assert response.status_code == 429
+    assert error_of(response)["code"] == "auth_failures"
     # Another address is unaffected.
-    assert client().get(stack.url + MODELS, headers=bearer(stack.token(sub=subject())),
+    assert client().get(envoy.url + MODELS, headers=bearer(stack.token(sub=subject())),
                         timeout=TIMEOUT).status_code == 200

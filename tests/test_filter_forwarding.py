@@ -133,6 +133,17 @@ def test_verified_identity_replaces_spoofed_headers(stack, echo, echo_envoy):
     assert "authorization" not in headers, "the token is not forwarded unless configured"
 
 
+@pytest.mark.parametrize("plan", ["pro\u202e", "pr\u200bo", "pro\u2028x-voxgate-role: root", "pro\u0085"])
+def test_a_claim_with_a_character_unsafe_in_a_log_or_header_is_not_forwarded(stack, echo, echo_envoy, plan):
+    path = probe(MODELS)
+    response = requests.get(echo_envoy.url + path, timeout=TIMEOUT,
+                            headers={"Authorization": f"Bearer {stack.token(sub=subject(), plan=plan)}"})
+    assert response.status_code == 200, response.text
+    [seen] = echo.requests_to(path)
+    assert "x-voxgate-plan" not in seen["headers"], "dropped, not cleaned into another value"
+    assert "x-voxgate-role" not in seen["headers"]
+
+
 def test_anonymous_route_forwards_no_identity(echo, echo_envoy):
     path = "/healthz"
     before = len(echo.requests_to(path))

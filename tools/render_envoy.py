@@ -50,12 +50,12 @@ def env_port(name: str, default: int) -> int:
     return int(value)
 
 
-def env_count(name: str) -> int:
+def env_count(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     if not value:
-        return 0
+        return default
     if not value.isdigit() or int(value) > 16:
-        raise ValueError(f"{name}={value!r} is not a number of proxies (0-16)")
+        raise ValueError(f"{name}={value!r} is not a number from 0 to 16")
     return int(value)
 
 
@@ -71,9 +71,10 @@ class EnvoyParams:
     wasm_path: Path = WASM
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
     mesh: bool = False
-    # Proxies in front of Envoy whose X-Forwarded-For entries Envoy trusts: 0 when clients
-    # connect directly (they could otherwise pick their own address), 1 behind the NGINX edge.
     xff_trusted_hops: int = 0
+    # A `JwtAuthentication` config for Envoy's jwt_authn filter, placed before the Wasm filter
+    # (what Istio's RequestAuthentication produces); None: no jwt_authn.
+    jwt_authn: dict | None = None
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
@@ -84,7 +85,7 @@ class EnvoyParams:
             admin_port=env_port("VOXGATE_ADMIN_PORT", 9901),
             sidecar_port=env_port("VOXGATE_SIDECAR_PORT", 5002),
             jwks_port=env_port("VOXGATE_JWKS_PORT", 8081),
-            xff_trusted_hops=env_count("VOXGATE_XFF_TRUSTED_HOPS"),
+            xff_trusted_hops=env_count("VOXGATE_XFF_TRUSTED_HOPS", 0),
         )
         values.update(overrides)
         return cls(filter_config=filter_config, **values)
@@ -118,16 +119,36 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
         "ADMIN_PORT": params.admin_port,
         "SIDECAR_PORT": params.sidecar_port,
         "JWKS_PORT": params.jwks_port,
+        "XFF_TRUSTED_HOPS": params.xff_trusted_hops,
         "WASM_PATH": str(params.wasm_path),
         "ACCESS_LOG": str(params.access_log),
-        "XFF_TRUSTED_HOPS": params.xff_trusted_hops,
         "FILTER_CONFIG": json.dumps(params.filter_config, separators=(",", ":")),
     }
     text = Path(template).read_text()
     unknown = sorted(set(_PLACEHOLDER.findall(text)) - set(values))
     if unknown:
         raise ValueError(f"{template}: no value for placeholder(s) {', '.join(unknown)}")
-    return _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+    bootstrap = _PLACEHOLDER.sub(lambda m: json.dumps(values[m.group(1)]), text)
+    if params.jwt_authn is not None:
+        bootstrap = _with_jwt_authn(bootstrap, params.jwt_authn)
+    return bootstrap
+
+
+JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
+
+
+def _with_jwt_authn(bootstrap: str, jwt_authn: dict) -> str:
+    """The bootstrap with Envoy's jwt_authn filter just before the Wasm filter."""
+    config = yaml.safe_load(bootstrap)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                http_filters = network_filter["typed_config"]["http_filters"]
+                [position] = [i for i, f in enumerate(http_filters) if f["name"] == WASM_FILTER]
+                http_filters.insert(position, {"name": JWT_AUTHN_FILTER, "typed_config": dict(
+                    {"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"},
+                    **jwt_authn)})
+    return yaml.safe_dump(config, sort_keys=False)
 
 
 def _standalone(params: EnvoyParams) -> EnvoyParams:

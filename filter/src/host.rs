@@ -67,6 +67,12 @@ pub trait Host: SharedStore {
     /// Stores `value` in the request's filter state under `wasm.<name>`, where Envoy's access
     /// log reads it (`%FILTER_STATE(wasm.<name>:PLAIN)%`).
     fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError>;
+    /// The stream's dynamic metadata (`metadata`: `envoy.config.core.v3.Metadata` in protobuf
+    /// encoding), where filters before this one, such as `jwt_authn`, leave their results.
+    fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError>;
+    /// A variable of the VM's environment (`vm_config.environment_variables`), where secrets
+    /// that must stay out of the plugin configuration come from.
+    fn env_var(&self, name: &str) -> Option<String>;
     fn log(&self, level: LogLevel, message: &str);
     /// Defines (or finds) a counter by name and returns its id.
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
@@ -273,6 +279,20 @@ impl ProxyHost {
     }
 }
 
+impl ProxyHost {
+    fn property(&self, path: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        let mut data = std::ptr::null_mut();
+        let mut size = 0;
+        let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+        let bytes = unsafe { abi::take(data, size) };
+        match status {
+            abi::OK => Ok(Some(bytes)),
+            abi::NOT_FOUND => Ok(None),
+            other => Err(HostError::new("proxy_get_property", other)),
+        }
+    }
+}
+
 impl SharedStore for ProxyHost {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let mut data = std::ptr::null_mut();
@@ -375,16 +395,18 @@ impl Host for ProxyHost {
 
     fn client_address(&self) -> Result<Option<String>, HostError> {
         // Property paths are NUL-separated segments.
-        let path = b"source\0address";
-        let mut data = std::ptr::null_mut();
-        let mut size = 0;
-        let status = unsafe { abi::proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        let bytes = unsafe { abi::take(data, size) };
-        match status {
-            abi::OK => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-            abi::NOT_FOUND => Ok(None),
-            other => Err(HostError::new("proxy_get_property", other)),
-        }
+        Ok(self.property(b"source\0address")?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        // WASI `environ_get`: Envoy serves it from `vm_config.environment_variables`.
+        std::env::var(name).ok()
+    }
+
+    fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
+        // The whole message, not a path into it: below `filter_metadata`, Envoy hands a
+        // `Struct` over as untyped pairs, where a number and an 8-byte string look alike.
+        self.property(b"metadata")
     }
 
     fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError> {
@@ -491,6 +513,10 @@ pub mod fake {
         pub clock_reads: Cell<u32>,
         pub client_address: RefCell<Option<String>>,
         pub client_address_reads: Cell<u32>,
+        /// The stream's dynamic metadata, protobuf-encoded.
+        pub dynamic_metadata: RefCell<Option<Vec<u8>>>,
+        /// The VM's environment.
+        pub env: RefCell<Vec<(String, String)>>,
         pub logs: RefCell<Vec<(LogLevel, String)>>,
         /// What the filter stored for the access log, by name.
         pub filter_state: RefCell<std::collections::HashMap<String, String>>,
@@ -639,6 +665,14 @@ pub mod fake {
         fn set_filter_state(&self, name: &str, value: &str) -> Result<(), HostError> {
             self.filter_state.borrow_mut().insert(name.to_string(), value.to_string());
             Ok(())
+        }
+
+        fn dynamic_metadata(&self) -> Result<Option<Vec<u8>>, HostError> {
+            Ok(self.dynamic_metadata.borrow().clone())
+        }
+
+        fn env_var(&self, name: &str) -> Option<String> {
+            self.env.borrow().iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
         }
 
         fn log(&self, level: LogLevel, message: &str) {

@@ -21,7 +21,7 @@ use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
-use crate::ratelimit::{AudioBudget, Identity, StoreError};
+use crate::ratelimit::{client_key, AudioBudget, Identity, StoreError};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Route};
 use crate::validate::Api;
@@ -386,8 +386,9 @@ impl RequestFlow {
         self.admit(host, guard, request.map_or(0, |r| r.chars))
     }
 
-    /// Verifies the token (a cached one at once; otherwise after the failed-auth bucket) and
-    /// forwards the verified identity.
+    /// Establishes the identity, from the payload `jwt_authn` verified where a provider trusts
+    /// it, else from the token, and forwards it. A refused credential (401) costs the address
+    /// a failed-auth token.
     fn authenticate(&mut self, host: &dyn Host, guard: &Guard, headers: &[(String, String)]) -> Result<(), Stop> {
         let config = &guard.config;
         let auth = config
@@ -395,33 +396,16 @@ impl RequestFlow {
             .as_ref()
             .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
         let now_ms = self.now_ms(host)?;
-        let token = match auth.token_from_headers(headers) {
-            Ok(Some(token)) => token,
-            // A request without a token costs no verification, so it is not a failure to count.
-            Ok(None) => return Err(auth::token_missing().into()),
-            Err(rejection) => {
-                self.charge_failed_auth(host, guard, now_ms)?;
-                return Err(rejection.into());
-            }
+        let trusted = match auth.trusts_jwt_authn() {
+            true => match host.dynamic_metadata()? {
+                Some(metadata) => auth.verify_jwt_authn_payload(&metadata, now_ms / 1000).map_err(Stop::Internal)?,
+                None => None,
+            },
+            false => None,
         };
-        let cached = auth.verify_cached(&token, now_ms / 1000);
-        // Exported before any early return, so every lookup is counted once.
-        guard.metrics.token_cache(host, auth.cache_stats());
-        let verified = match cached {
-            Cached::Hit(verified) => verified,
-            Cached::Miss(unverified) => {
-                // Only a token not verified before can cost a signature check: that is what an
-                // address with too many failures is refused before.
-                if let Some(table) = &config.failed_auth {
-                    let peek = table.peek(host, now_ms, self.client_ip(host)?)?;
-                    guard.metrics.cas_retries(host, peek.cas_retries);
-                    if !peek.allowed {
-                        self.limit = Some(AUTH_FAILURES.to_string());
-                        return Err(too_many_failures(peek.retry_after_s).into());
-                    }
-                }
-                auth.verify_uncached(unverified)
-            }
+        let verified = match trusted {
+            Some(verified) => verified,
+            None => self.verify_token(host, guard, headers, now_ms)?,
         };
         let verified = match verified {
             Ok(verified) => verified,
@@ -443,17 +427,74 @@ impl RequestFlow {
         }
         let plan_claim = config.rate_limits.plan_claim();
         self.plan = verified
-            .claims
-            .get(plan_claim)
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+            .plan
+            .clone()
+            .or_else(|| verified.claims.get(plan_claim).and_then(|v| v.as_str()).map(str::to_string));
         self.subject = Some(verified.subject.clone());
         Ok(())
     }
 
+    /// The request's token, verified (a cached one at once; otherwise after the failed-auth
+    /// bucket). A missing token is refused without counting as a failure.
+    fn verify_token(
+        &mut self,
+        host: &dyn Host,
+        guard: &Guard,
+        headers: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Result<Rc<auth::Verified>, Rejection>, Stop> {
+        let config = &guard.config;
+        let auth = config
+            .auth
+            .as_ref()
+            .ok_or_else(|| Stop::Internal("auth route without authenticator".into()))?;
+        let token = match auth.token_from_headers(headers) {
+            Ok(Some(token)) => token,
+            // A request without a token costs no verification, so it is not a failure to count.
+            Ok(None) => return Err(auth::token_missing().into()),
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let cached = auth.verify_cached(&token, now_ms / 1000);
+        // Exported before any early return, so every lookup is counted once.
+        guard.metrics.token_cache(host, auth.cache_stats());
+        let verified = match cached {
+            Cached::Hit(verified) => verified,
+            Cached::Miss(unverified) => {
+                // Only a token not verified before can cost a signature check.
+                let mut exhausted = None;
+                if let Some(table) = &config.failed_auth {
+                    let peek = table.peek(host, now_ms, &self.client_key(host)?)?;
+                    guard.metrics.cas_retries(host, peek.cas_retries);
+                    if !peek.allowed {
+                        exhausted = Some(peek.retry_after_s);
+                    }
+                }
+                match exhausted {
+                    // Every client has an address of its own: its failures say all its
+                    // tokens are worth refusing unchecked.
+                    Some(retry_after_s) if auth.failed_auth_refuses_before_verification() => {
+                        self.limit = Some(AUTH_FAILURES.to_string());
+                        return Err(too_many_failures(retry_after_s).into());
+                    }
+                    // An address many clients may share: a token that verifies passes whoever
+                    // else failed from there; one that does not is told to back off.
+                    Some(retry_after_s) => match auth.verify_uncached(unverified) {
+                        Err(rejection) if rejection.status == 401 => {
+                            self.limit = Some(AUTH_FAILURES.to_string());
+                            Err(too_many_failures(retry_after_s))
+                        }
+                        other => other,
+                    },
+                    None => auth.verify_uncached(unverified),
+                }
+            }
+        };
+        Ok(verified)
+    }
+
     fn charge_failed_auth(&mut self, host: &dyn Host, guard: &Guard, now_ms: u64) -> Result<(), Stop> {
         if let Some(table) = &guard.config.failed_auth {
-            let take = table.take(host, now_ms, self.client_ip(host)?, 1)?;
+            let take = table.take(host, now_ms, &self.client_key(host)?, 1)?;
             guard.metrics.cas_retries(host, take.cas_retries);
         }
         Ok(())
@@ -557,6 +598,12 @@ impl RequestFlow {
             self.client_ip = Some(ip_without_port(host.client_address()?.as_deref()));
         }
         Ok(self.client_ip.as_deref().unwrap_or(UNKNOWN_CLIENT))
+    }
+
+    /// The identity of the client's address in the failed-auth bucket: the same `client_key`
+    /// as the anonymous bucket's, so an IPv6 client cannot leave one by moving within its /64.
+    fn client_key(&mut self, host: &dyn Host) -> Result<String, HostError> {
+        Ok(client_key(self.client_ip(host)?))
     }
 }
 
@@ -948,9 +995,37 @@ mod tests {
         }
     }
 
+    /// The test configuration for addresses that each identify one client.
+    fn refusing_before_verification() -> Value {
+        let mut config = config();
+        config["auth"]["failed_auth"]["refuse_before_verification"] = json!(true);
+        config
+    }
+
+    #[test]
+    fn behind_a_shared_address_fresh_valid_tokens_pass_while_forgeries_from_it_get_429() {
+        let guard = guard_from(config());
+        let host = host();
+        let forged = bearer(&format!("{}x", token("mallory")));
+        for _ in 0..3 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        for n in 0..20 {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            let sent = assert_refused(&host, &exchange, 429, "auth_failures");
+            assert_eq!(sent.header("retry-after"), Some("1"));
+            let fresh = bearer(&token(&format!("user-{n}")));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&fresh))), None);
+            assert_forwarded(&host, &exchange);
+        }
+        let stats = guard.config.auth.as_ref().unwrap().stats();
+        assert_eq!(stats.signature_checks, 43, "every new token is checked: none is refused unchecked");
+    }
+
     #[test]
     fn failed_authentications_block_the_address_before_any_verification() {
-        let guard = guard_from(config());
+        let guard = guard_from(refusing_before_verification());
         let host = host();
         let forged = format!("{}x", token("mallory"));
         for _ in 0..3 {
@@ -981,8 +1056,193 @@ mod tests {
     }
 
     #[test]
-    fn a_cached_token_passes_an_address_blocked_for_failures_without_asking_for_the_address() {
+    fn failed_authentications_are_counted_per_ipv6_64_and_for_ipv4_mapped_addresses_as_ipv4() {
         let guard = guard_from(config());
+        let host = host();
+        let forged = bearer(&format!("{}x", token("mallory")));
+        let good = bearer(&token("alice"));
+        for n in 1..=3 {
+            *host.client_address.borrow_mut() = Some(format!("[2001:db8::{n}]:443"));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        *host.client_address.borrow_mut() = Some("[2001:db8::ffff:4]:443".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+        assert_refused(&host, &exchange, 429, "auth_failures");
+        *host.client_address.borrow_mut() = Some("[2001:db8:0:1::1]:443".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);
+        assert_forwarded(&host, &exchange);
+
+        for _ in 0..3 {
+            *host.client_address.borrow_mut() = Some("198.51.100.20:1000".into());
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+            assert_refused(&host, &exchange, 401, "bad_signature");
+        }
+        *host.client_address.borrow_mut() = Some("[::ffff:198.51.100.20]:2000".into());
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&forged))), None);
+        assert_refused(&host, &exchange, 429, "auth_failures");
+    }
+
+    const MESH_ISSUER: &str = "https://mesh.test";
+
+    /// The test configuration with a second provider whose tokens `jwt_authn` verifies.
+    fn mesh_config() -> Value {
+        let mut config = config();
+        config["auth"]["providers"].as_array_mut().unwrap().push(json!({
+            "name": "mesh", "issuer": MESH_ISSUER, "audiences": ["voxgate"], "max_lifetime_seconds": 7200,
+            "jwt_authn": {"payload_in_metadata": "mesh_payload"}}));
+        config
+    }
+
+    fn mesh_payload(changes: Value) -> Value {
+        let mut payload = json!({"iss": MESH_ISSUER, "sub": "meshuser", "aud": ["voxgate"], "scope": "tts",
+                                 "plan": "pro", "iat": NOW - 10, "exp": NOW + 600});
+        for (name, value) in changes.as_object().unwrap() {
+            payload[name] = value.clone();
+        }
+        payload
+    }
+
+    fn set_metadata(host: &FakeHost, payload: Option<Value>) {
+        *host.dynamic_metadata.borrow_mut() = payload.map(|payload| {
+            crate::auth::metadata_encode::metadata(&[
+                ("istio_authn", json!({"request.auth.principal": "x"})),
+                (crate::auth::JWT_AUTHN_NAMESPACE, json!({"mesh_payload": payload})),
+            ])
+        });
+    }
+
+    #[test]
+    fn a_payload_jwt_authn_verified_is_the_identity_without_any_signature_check() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        set_metadata(&host, Some(mesh_payload(json!({}))));
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("meshuser"));
+        assert_eq!(host.request_header("x-voxgate-issuer").as_deref(), Some(MESH_ISSUER));
+        assert_eq!(host.request_header("x-voxgate-plan").as_deref(), Some("pro"));
+        exchange.flow.on_response_headers(&host);
+        assert_eq!(host.response_header("X-RateLimit-Limit").as_deref().map(|l| l.starts_with("100")), Some(true),
+                   "charged to the payload's plan");
+        assert_eq!(guard.config.auth.as_ref().unwrap().stats().signature_checks, 0);
+    }
+
+    #[test]
+    fn a_payload_meets_the_providers_claim_rules() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        let cases = [
+            (json!({"aud": "elsewhere"}), 403, "wrong_audience"),
+            (json!({"scope": "read"}), 403, "insufficient_scope"),
+            (json!({"exp": NOW - 3600}), 401, "token_expired"),
+            (json!({"exp": NOW + 86_400}), 401, "token_lifetime_too_long"),
+            (json!({"iss": ISSUER}), 401, "wrong_issuer"),
+            (json!({"sub": "mesh\u{202E}user"}), 401, "token_malformed"),
+            (json!({"sub": ""}), 401, "subject_missing"),
+        ];
+        for (n, (changes, status, code)) in cases.into_iter().enumerate() {
+            *host.client_address.borrow_mut() = Some(format!("198.51.100.{}:1000", n + 1));
+            set_metadata(&host, Some(mesh_payload(changes)));
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+            assert_refused(&host, &exchange, status, code);
+        }
+    }
+
+    #[test]
+    fn without_a_payload_a_token_of_a_jwt_authn_issuer_is_refused_and_others_verified_here() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        set_metadata(&host, None);
+        let unverified = bearer(&token_with(json!({"iss": MESH_ISSUER})));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&unverified))), None);
+        assert_refused(&host, &exchange, 401, "token_unverified");
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_refused(&host, &exchange, 401, "token_missing");
+        // Metadata without this provider's payload, and a header named like it, change nothing.
+        *host.dynamic_metadata.borrow_mut() =
+            Some(crate::auth::metadata_encode::metadata(&[("istio_authn", json!({"sub": "meshuser"}))]));
+        let payload = mesh_payload(json!({})).to_string();
+        let headers = [(":method", "GET"), (":path", "/v1/models"), ("envoy.filters.http.jwt_authn", &payload),
+                       ("mesh_payload", &payload)];
+        let exchange = send(&guard, &host, &headers, None);
+        assert_refused(&host, &exchange, 401, "token_missing");
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("alice"))))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn metadata_that_does_not_decode_refuses_the_request() {
+        let guard = guard_from(mesh_config());
+        let host = host();
+        *host.dynamic_metadata.borrow_mut() = Some(vec![0x0A, 0xFF]);
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", None)), None);
+        assert_refused(&host, &exchange, 500, "internal_error");
+    }
+
+    const PEPPER: &str = "a pepper from the environment";
+
+    fn api_key_config() -> Value {
+        use crate::auth::api_key_entries::entry;
+        let pepper = PEPPER.as_bytes();
+        let mut config = config();
+        config["auth"]["api_keys"] = json!({"pepper_env": "VOXGATE_API_KEY_PEPPER", "keys": [
+            entry("ci", "sk-ci-0123456789", pepper, "ci-bot", json!({"plan": "pro"})),
+            entry("old", "sk-old-0123456789", pepper, "old-bot", json!({"revoked": true})),
+            entry("reader", "sk-read-0123456789", pepper, "reader", json!({"scopes": ["read"]})),
+        ]});
+        config
+    }
+
+    fn api_key_guard() -> Rc<Guard> {
+        let host = FakeHost::new();
+        host.env.borrow_mut().push(("VOXGATE_API_KEY_PEPPER".into(), PEPPER.into()));
+        *host.configuration.borrow_mut() = Some(api_key_config().to_string().into_bytes());
+        let mut root = crate::root::RootState::new();
+        assert!(root.configure(&host), "{:?}", host.logs.borrow());
+        root.guard().unwrap()
+    }
+
+    #[test]
+    fn api_keys_authenticate_with_their_subject_plan_and_scopes() {
+        let guard = api_key_guard();
+        let host = host();
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer("sk-ci-0123456789")))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.request_header("x-voxgate-subject").as_deref(), Some("ci-bot"));
+        assert_eq!(host.request_header("x-voxgate-issuer").as_deref(), Some(crate::auth::API_KEY_ISSUER));
+        assert_eq!(host.request_header("x-voxgate-plan").as_deref(), Some("pro"));
+        assert_eq!(host.request_header("authorization"), None, "the key is not forwarded");
+        exchange.flow.on_response_headers(&host);
+        let limit = host.response_header("X-RateLimit-Limit").unwrap();
+        assert_eq!(limit, "100", "the pro plan");
+        let cases = [
+            ("sk-old-0123456789", 401, "api_key_revoked"),
+            ("sk-nobody-0123456789", 401, "api_key_unknown"),
+            ("sk-read-0123456789", 403, "insufficient_scope"),
+        ];
+        for (key, status, code) in cases {
+            let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(key)))), None);
+            let sent = assert_refused(&host, &exchange, status, code);
+            assert!(!sent.body.contains(key));
+        }
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("alice"))))), None);
+        assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn a_missing_pepper_refuses_the_configuration() {
+        let host = FakeHost::new();
+        *host.configuration.borrow_mut() = Some(api_key_config().to_string().into_bytes());
+        let mut root = crate::root::RootState::new();
+        assert!(!root.configure(&host));
+        assert!(host.logs.borrow().iter().any(|(_, line)| line.contains("auth.api_keys.pepper_env")));
+    }
+
+    #[test]
+    fn a_cached_token_passes_an_address_blocked_for_failures_without_asking_for_the_address() {
+        let guard = guard_from(refusing_before_verification());
         let host = host();
         let good = bearer(&token("alice"));
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&good))), None);

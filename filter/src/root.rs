@@ -47,7 +47,11 @@ impl RootState {
                 return false;
             }
         };
-        let compiled = match config::load(&bytes) {
+        let secrets = |compiled: &mut config::CompiledConfig| match &mut compiled.auth {
+            Some(auth) => auth.load_secrets(&|name| host.env_var(name)),
+            None => Ok(()),
+        };
+        let compiled = match config::load(&bytes).and_then(|mut compiled| secrets(&mut compiled).map(|()| compiled)) {
             Ok(compiled) => compiled,
             Err(e) => {
                 host.log(LogLevel::Critical, &format!("voxgate: {e}"));

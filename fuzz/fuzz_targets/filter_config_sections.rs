@@ -296,6 +296,7 @@ fn auth(a: Auth) {
                 audiences: p.audiences,
                 jwks,
                 remote_jwks,
+                jwt_authn: None,
                 require_exp: p.require_exp,
                 max_lifetime_seconds: p.max_lifetime.map(Count::value),
             }
@@ -303,6 +304,7 @@ fn auth(a: Auth) {
         .collect();
     let config = AuthConfig {
         providers,
+        api_keys: None,
         token_header: a.token_header,
         clock_skew_seconds: a.clock_skew_seconds.value(),
         required_scopes: a.required_scopes,
@@ -313,6 +315,7 @@ fn auth(a: Auth) {
         failed_auth: a.failed_auth.map(|(capacity, rate)| FailedAuthLimit {
             capacity: capacity.value(),
             refill_per_second: rate.value(),
+            refuse_before_verification: false,
         }),
     };
     let Ok(authenticator) = config.compile() else {

@@ -104,14 +104,17 @@ class Envoy(Service):
     name = "envoy"
 
     def __init__(self, workdir: Path, filter_config: dict, sidecar_port: int, jwks_port: int,
-                 concurrency: int = 2, wasm_path: Path = render_envoy.WASM, mesh: bool = False):
+                 concurrency: int = 2, wasm_path: Path = render_envoy.WASM, mesh: bool = False,
+                 extra_env: dict | None = None, **params):
         super().__init__(workdir)
+        # Envoy's environment, which the filter VM sees through vm_config.environment_variables.
+        self.extra_env = dict(extra_env or {})
         self.filter_config = filter_config
         self.concurrency = concurrency
         self.params = render_envoy.EnvoyParams(
             filter_config=filter_config, listen_port=0, admin_port=0, sidecar_port=sidecar_port,
             jwks_port=jwks_port, wasm_path=Path(wasm_path), access_log=self.workdir / "access.log",
-            mesh=mesh)
+            mesh=mesh, **params)
         self.config_path = self.workdir / "envoy.yaml"
         self.admin_address_path = self.workdir / "admin.address"
         self.port: int | None = None
@@ -144,8 +147,12 @@ class Envoy(Service):
                      # Warnings, plus the filter's own lines (one per refusal) at info.
                      "--log-level", "warn", "--component-log-level", "wasm:info",
                      "--admin-address-path", str(self.admin_address_path)],
-                    dict(os.environ))
-        self._await(self._ready, "Envoy", ENVOY_READY_SECONDS)
+                    dict(os.environ, **self.extra_env))
+        try:
+            procs.wait_until(self._ready, "Envoy", self.proc, self.log_path, ENVOY_READY_SECONDS)
+        except procs.StartupError:
+            self.stop()
+            raise
         return self
 
     def _ready(self) -> bool:

@@ -86,13 +86,15 @@ class Stack:
         kwargs.setdefault("keys", self.keys)
         return devtoken.mint(**kwargs)
 
-    def new_envoy(self, filter_config: dict | None = None, concurrency: int = 2, mesh: bool = False) -> Envoy:
+    def new_envoy(self, filter_config: dict | None = None, concurrency: int = 2, mesh: bool = False,
+                  **params) -> Envoy:
         """An Envoy in front of the session's sidecar, not started (see `Envoy.validate`);
-        `mesh`: with the filter chain of the Istio deployment (`render_envoy`)."""
+        `mesh`: with the filter chain of the Istio deployment; `params`: other fields of
+        `render_envoy.EnvoyParams` (`xff_trusted_hops`, …)."""
         index = len(self._envoys)
         envoy = Envoy(self.root / f"envoy-{index}", filter_config or self.filter_config(),
                       sidecar_port=self.sidecar.port, jwks_port=self.jwks_server.port,
-                      concurrency=concurrency, mesh=mesh)
+                      concurrency=concurrency, mesh=mesh, **params)
         self._envoys.append(envoy)
         return envoy
 

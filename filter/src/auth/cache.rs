@@ -140,6 +140,7 @@ mod tests {
                 issuer: "iss".to_string(),
                 expires_at: 100,
                 claims: Map::new(),
+                plan: None,
                 forwarded: Vec::new(),
             }),
         }

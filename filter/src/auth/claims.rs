@@ -81,23 +81,31 @@ pub(crate) fn issuer(claims: &Claims) -> Result<&str, Rejection> {
     }
 }
 
-/// The `sub` claim: every accepted token names its subject, which keys rate limits. It must
-/// reach the sidecar unchanged in `x-voxgate-subject`: a subject the header would have to
-/// clean up (control characters, surrounding spaces, too long) would be forwarded as another
-/// identity than the one the buckets were charged to, and could alias a different subject.
+/// The `sub` claim: every accepted token names its subject, which keys rate limits.
 pub(crate) fn subject(claims: &Claims) -> Result<&str, Rejection> {
     match claims.get("sub") {
-        Some(Value::String(sub)) if sub.is_empty() => {
-            Err(reject::invalid_token("subject_missing", "the token names no subject"))
-        }
-        Some(Value::String(sub)) if header_value(sub).as_deref() != Some(sub.as_str()) => Err(reject::invalid_token(
-            "token_malformed",
-            "the subject claim has control characters, surrounding spaces or is too long",
-        )),
-        Some(Value::String(sub)) => Ok(sub),
+        Some(Value::String(sub)) => check_subject(sub),
         None => Err(reject::invalid_token("subject_missing", "the token names no subject")),
         Some(_) => Err(reject::invalid_token("token_malformed", "the subject claim is not a string")),
     }
+}
+
+/// A subject, from whichever credential named it, must reach the sidecar unchanged in
+/// `x-voxgate-subject` and the logs as it is: a subject the header would have to clean up
+/// (control, line-separator, bidirectional or invisible characters, surrounding spaces, too
+/// long) would be forwarded as another identity than the one the buckets were charged to,
+/// could alias a different subject, or forge a log line.
+pub(crate) fn check_subject(sub: &str) -> Result<&str, Rejection> {
+    if sub.is_empty() {
+        return Err(reject::invalid_token("subject_missing", "the token names no subject"));
+    }
+    if header_value(sub).as_deref() != Some(sub) {
+        return Err(reject::invalid_token(
+            "token_malformed",
+            "the subject has a control, line-separator, bidirectional or invisible character, surrounding spaces, or is too long",
+        ));
+    }
+    Ok(sub)
 }
 
 /// The `aud` claim (a string or an array of strings) must name one of `accepted`.

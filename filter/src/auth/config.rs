@@ -23,7 +23,11 @@ const TIMEOUT_RANGE_MS: (u64, u64) = (100, 60_000);
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// Opaque API keys, known by their hashes.
+    #[serde(default)]
+    pub api_keys: Option<super::api_keys::ApiKeysConfig>,
     /// `authorization` (Bearer scheme), or the name of a header carrying the raw token.
     #[serde(default = "default_token_header")]
     pub token_header: String,
@@ -58,6 +62,9 @@ pub struct ProviderConfig {
     pub jwks: Option<Value>,
     #[serde(default)]
     pub remote_jwks: Option<RemoteJwksConfig>,
+    /// Trust the payloads Envoy's `jwt_authn` verified instead of verifying tokens here.
+    #[serde(default)]
+    pub jwt_authn: Option<JwtAuthnConfig>,
     /// Refuse tokens without `exp` (default); `false` caches them for `cache_ttl_seconds`.
     #[serde(default = "default_true")]
     pub require_exp: bool,
@@ -79,12 +86,25 @@ pub struct RemoteJwksConfig {
     pub timeout_ms: u64,
 }
 
+/// Where `jwt_authn` leaves the payloads it verified for this provider.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtAuthnConfig {
+    /// The `payload_in_metadata` of the `jwt_authn` provider (Istio uses the issuer).
+    pub payload_in_metadata: String,
+}
+
 /// Size of the failed-authentication bucket, applied per client address by the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailedAuthLimit {
     pub capacity: u64,
     pub refill_per_second: f64,
+    /// With an empty bucket, refuse an address's new tokens before any signature check. Only
+    /// where every client has an address of its own: behind a shared address it would lock
+    /// out every client there.
+    #[serde(default)]
+    pub refuse_before_verification: bool,
 }
 
 fn default_token_header() -> String {
@@ -103,7 +123,7 @@ fn default_max_token_bytes() -> usize {
     8192
 }
 fn default_failed_auth() -> Option<FailedAuthLimit> {
-    Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0 })
+    Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0, refuse_before_verification: false })
 }
 fn default_true() -> bool {
     true
@@ -122,14 +142,15 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
 impl AuthConfig {
     /// Validates the section and builds the per-worker authenticator.
     pub fn compile(self) -> Result<Authenticator, ConfigError> {
-        if self.providers.is_empty() {
-            return Err(err("providers", "at least one provider is required"));
+        if self.providers.is_empty() && self.api_keys.is_none() {
+            return Err(err("providers", "at least one provider (or `api_keys`) is required"));
         }
         if self.providers.len() > MAX_PROVIDERS {
             return Err(err("providers", format!("at most {MAX_PROVIDERS} providers")));
         }
         let mut names = HashSet::new();
         let mut issuers = HashSet::new();
+        let mut payload_keys = HashSet::new();
         let mut providers = Vec::with_capacity(self.providers.len());
         for (index, provider) in self.providers.into_iter().enumerate() {
             let path = format!("providers[{index}]");
@@ -138,6 +159,14 @@ impl AuthConfig {
             }
             if !issuers.insert(provider.issuer.clone()) {
                 return Err(err(format!("{path}.issuer"), "another provider has the same issuer"));
+            }
+            if let Some(trust) = &provider.jwt_authn {
+                if !payload_keys.insert(trust.payload_in_metadata.clone()) {
+                    return Err(err(
+                        format!("{path}.jwt_authn.payload_in_metadata"),
+                        "another provider reads the same payload",
+                    ));
+                }
             }
             providers.push(compile_provider(provider, &path)?);
         }
@@ -199,8 +228,10 @@ impl AuthConfig {
             }
         }
 
+        let api_keys = self.api_keys.map(super::api_keys::ApiKeys::compile).transpose()?;
         Authenticator::new(super::Settings {
             providers,
+            api_keys,
             token_header: (token_header != super::extract::AUTHORIZATION).then_some(token_header),
             clock_skew_s: self.clock_skew_seconds,
             required_scopes_text: self.required_scopes.join(" "),
@@ -225,13 +256,21 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
     if config.issuer.is_empty() {
         return Err(err(format!("{path}.issuer"), "must not be empty"));
     }
+    if super::forward::header_value(&config.issuer).as_deref() != Some(config.issuer.as_str()) {
+        // Forwarded in `x-voxgate-issuer`: it must arrive as configured.
+        return Err(err(
+            format!("{path}.issuer"),
+            "no control, line-separator, bidirectional or invisible characters, no surrounding spaces, at most 256 bytes",
+        ));
+    }
     if config.audiences.is_empty() {
         return Err(err(format!("{path}.audiences"), "at least one audience is required"));
     }
     if let Some(i) = config.audiences.iter().position(String::is_empty) {
         return Err(err(format!("{path}.audiences[{i}]"), "must not be empty"));
     }
-    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, require_exp, max_lifetime_seconds } = config;
+    let ProviderConfig { name, issuer, audiences, jwks, remote_jwks, jwt_authn, require_exp, max_lifetime_seconds } =
+        config;
     match max_lifetime_seconds {
         Some(0) => return Err(err(format!("{path}.max_lifetime_seconds"), "must be at least 1")),
         Some(_) if !require_exp => {
@@ -243,18 +282,24 @@ fn compile_provider(config: ProviderConfig, path: &str) -> Result<Provider, Conf
         _ => {}
     }
     let times = TimeRules { require_exp, max_lifetime_s: max_lifetime_seconds };
-    match (jwks, remote_jwks) {
-        (Some(document), None) => {
+    match (jwks, remote_jwks, jwt_authn) {
+        (Some(document), None, None) => {
             let keys = KeySet::from_document(&document, Strictness::EveryKey)
                 .map_err(|e| err(format!("{path}.jwks.{}", e.path()), e.message))?;
             Ok(Provider::inline(name, issuer, audiences, times, keys))
         }
-        (None, Some(remote)) => {
+        (None, Some(remote), None) => {
             check_remote(&remote, &format!("{path}.remote_jwks"))?;
             Ok(Provider::remote(name, issuer, audiences, times, RemoteJwks::new(remote)))
         }
-        (Some(_), Some(_)) => Err(err(path, "give either `jwks` or `remote_jwks`, not both")),
-        (None, None) => Err(err(path, "a provider needs `jwks` or `remote_jwks`")),
+        (None, None, Some(trust)) => {
+            if trust.payload_in_metadata.is_empty() {
+                return Err(err(format!("{path}.jwt_authn.payload_in_metadata"), "must not be empty"));
+            }
+            Ok(Provider::jwt_authn(name, issuer, audiences, times, trust.payload_in_metadata))
+        }
+        (None, None, None) => Err(err(path, "a provider needs one of `jwks`, `remote_jwks` or `jwt_authn`")),
+        _ => Err(err(path, "give only one of `jwks`, `remote_jwks` and `jwt_authn`")),
     }
 }
 

@@ -1,4 +1,5 @@
-//! JWT authentication: JWKS keys, token verification, the verified-token cache.
+//! JWT authentication: JWKS keys, token verification, the verified-token cache, and the
+//! payloads Envoy's `jwt_authn` verified for providers that trust it.
 //!
 //! `AuthConfig::compile` builds one `Authenticator` per worker. It is pure logic: the
 //! pipeline hands it the request headers, the current time and fetched JWKS bodies, and
@@ -6,14 +7,18 @@
 //! the cache (a hit only re-checks the expiry); otherwise the cheap checks run (structure,
 //! algorithm, issuer, key id, validity window, subject) before the one signature check.
 //! Audience and scopes are judged on authentic tokens only, so a 403 always concerns a
-//! genuine token.
+//! genuine token. A `jwt_authn` provider's payload, read from the stream's metadata, meets the
+//! same claim rules with no signature check; a token of its issuer that reached the filter
+//! without such a payload was not verified, and is refused.
 
+mod api_keys;
 mod cache;
 mod claims;
 mod config;
 mod extract;
 mod forward;
 mod jwks;
+mod metadata;
 mod provider;
 mod reject;
 mod remote;
@@ -30,12 +35,19 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
+use crate::config::ConfigError;
 use crate::decision::Rejection;
 use cache::{CachedToken, TokenCache};
 use jwks::{KeyMiss, KeySet};
 use provider::{KeysReplaced, Provider};
 
-pub use config::{AuthConfig, FailedAuthLimit, ProviderConfig, RemoteJwksConfig};
+pub use api_keys::{ApiKeyConfig, ApiKeysConfig, API_KEY_ISSUER};
+#[cfg(test)]
+pub(crate) use api_keys::test_entries as api_key_entries;
+pub use config::{AuthConfig, FailedAuthLimit, JwtAuthnConfig, ProviderConfig, RemoteJwksConfig};
+pub use metadata::JWT_AUTHN_NAMESPACE;
+#[cfg(test)]
+pub(crate) use metadata::encode as metadata_encode;
 pub use forward::{FORWARDED_PREFIX, ISSUER_HEADER, SUBJECT_HEADER};
 pub use jwks::MAX_JWKS_BYTES;
 pub use reject::{token_missing, REALM, REJECTION_CODES};
@@ -50,8 +62,10 @@ pub struct Verified {
     pub issuer: String,
     /// The `exp` claim; `u64::MAX` for a provider with `require_exp: false` and a token without one.
     pub expires_at: u64,
-    /// Every claim of the token.
+    /// Every claim of the token (for an API key: `sub`, `iss`, `scope`, `plan`, `api_key_id`).
     pub claims: Map<String, Value>,
+    /// An API key's plan, whatever the plan claim is named; `None` for a token.
+    pub plan: Option<String>,
     /// `x-voxgate-subject`, `x-voxgate-issuer` and the configured `forward_claims` headers,
     /// for the upstream.
     pub forwarded: Vec<(String, String)>,
@@ -85,6 +99,7 @@ pub struct AuthStats {
 /// The validated configuration, as `AuthConfig::compile` hands it over.
 pub(crate) struct Settings {
     pub providers: Vec<Provider>,
+    pub api_keys: Option<api_keys::ApiKeys>,
     /// Header carrying a raw token, besides `Authorization: Bearer`.
     pub token_header: Option<String>,
     pub clock_skew_s: u64,
@@ -144,6 +159,13 @@ impl Authenticator {
                 "the token is larger than allowed",
             )));
         }
+        if let Some(keys) = &self.settings.api_keys {
+            if !api_keys::is_jwt_shaped(token) {
+                // A hash lookup, no signature: as cheap as a cache hit, so not guarded by the
+                // failed-auth bucket (a refused key still costs the address a failure).
+                return Cached::Hit(self.verify_api_key(keys, token));
+            }
+        }
         let digest = self.cache.digest(token);
         match self.cache.get(&digest, now_s) {
             Some(cached) => Cached::Hit(self.authorize(cached.provider, cached.verified)),
@@ -163,6 +185,9 @@ impl Authenticator {
             .position(|p| p.issuer == issuer)
             .ok_or_else(|| reject::invalid_token("wrong_issuer", "the token's issuer is not trusted"))?;
         let provider = &settings.providers[provider_index];
+        if provider.payload_key.is_some() {
+            return Err(reject::invalid_token("token_unverified", "the token was not verified by the gateway"));
+        }
         let keys = provider.keys().ok_or_else(|| {
             reject::invalid_token("keys_unavailable", "the issuer's signing keys are not available yet")
         })?;
@@ -181,20 +206,84 @@ impl Authenticator {
         self.signature_checks.set(self.signature_checks.get() + 1);
         verify::check_signature(&candidates, token, now_s, settings.clock_skew_s, settings.max_token_bytes)?;
 
-        let forwarded = forward::forwarded_headers(&subject, &provider.issuer, &parsed.claims, &settings.forward_claims);
-        let verified = Rc::new(Verified {
-            subject,
-            issuer: provider.issuer.clone(),
-            expires_at: expires_at.unwrap_or(u64::MAX),
-            claims: parsed.claims,
-            forwarded,
-        });
+        let verified = self.identity(provider, subject, parsed.claims, expires_at);
         let valid_until_s = match expires_at {
             Some(exp) => exp.saturating_add(settings.clock_skew_s),
             None => now_s.saturating_add(settings.cache_ttl_s),
         };
         self.cache.insert(digest, valid_until_s, CachedToken { provider: provider_index, verified: Rc::clone(&verified) });
         self.authorize(provider_index, verified)
+    }
+
+    fn verify_api_key(&self, keys: &api_keys::ApiKeys, key: &str) -> Result<Rc<Verified>, Rejection> {
+        let identity = keys.lookup(key)?;
+        claims::check_scopes(identity.claims, &self.settings.required_scopes, &self.settings.required_scopes_text)?;
+        let forwarded = forward::forwarded_headers(identity.subject, API_KEY_ISSUER, identity.claims, &self.settings.forward_claims);
+        Ok(Rc::new(Verified {
+            subject: identity.subject.to_string(),
+            issuer: API_KEY_ISSUER.to_string(),
+            expires_at: u64::MAX,
+            claims: identity.claims.clone(),
+            plan: identity.plan.map(str::to_string),
+            forwarded,
+        }))
+    }
+
+    /// Reads the secrets the configuration names from the VM's environment (`env`): the API
+    /// keys' pepper. Called once at configure time.
+    pub fn load_secrets(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        match &mut self.settings.api_keys {
+            Some(keys) => keys.load_pepper(env),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a provider trusts `jwt_authn`: only then is the stream's metadata worth reading.
+    pub fn trusts_jwt_authn(&self) -> bool {
+        self.settings.providers.iter().any(|p| p.payload_key.is_some())
+    }
+
+    /// The identity of a payload `jwt_authn` verified, found in the stream's `metadata`
+    /// (protobuf-encoded): `Ok(None)` when no trusting provider's payload is there (the
+    /// request's token, if any, is then judged by `verify`). The payload meets the provider's
+    /// issuer, lifetime, subject, audience and scope rules, with no signature check: Envoy
+    /// made it. `Err` for metadata that does not decode.
+    pub fn verify_jwt_authn_payload(&self, metadata: &[u8], now_s: u64) -> Result<Option<Result<Rc<Verified>, Rejection>>, String> {
+        self.observe(now_s);
+        let mut payloads = metadata::jwt_authn_payloads(metadata).map_err(|e| format!("stream metadata: {e}"))?;
+        for (index, provider) in self.settings.providers.iter().enumerate() {
+            let Some(key) = &provider.payload_key else { continue };
+            if let Some(payload) = payloads.remove(key) {
+                return Ok(Some(self.accept_payload(index, payload, now_s)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn accept_payload(&self, index: usize, payload: Value, now_s: u64) -> Result<Rc<Verified>, Rejection> {
+        let provider = &self.settings.providers[index];
+        let Value::Object(claims) = payload else {
+            return Err(reject::invalid_token("token_malformed", "the verified payload is not an object"));
+        };
+        // `jwt_authn` may trust several issuers: this provider's rules bind only its own.
+        if claims::issuer(&claims)? != provider.issuer {
+            return Err(reject::invalid_token("wrong_issuer", "the token's issuer is not trusted"));
+        }
+        let expires_at = claims::check_times(&claims, now_s, self.settings.clock_skew_s, provider.times)?;
+        let subject = claims::subject(&claims)?.to_string();
+        self.authorize(index, self.identity(provider, subject, claims, expires_at))
+    }
+
+    fn identity(&self, provider: &Provider, subject: String, claims: Map<String, Value>, expires_at: Option<u64>) -> Rc<Verified> {
+        let forwarded = forward::forwarded_headers(&subject, &provider.issuer, &claims, &self.settings.forward_claims);
+        Rc::new(Verified {
+            subject,
+            issuer: provider.issuer.clone(),
+            expires_at: expires_at.unwrap_or(u64::MAX),
+            claims,
+            plan: None,
+            forwarded,
+        })
     }
 
     /// Audience and scopes, judged on every use of an authentic token (cached or not).
@@ -254,6 +343,11 @@ impl Authenticator {
     /// Size of the per-client-address bucket charged for each failed authentication.
     pub fn failed_auth_limit(&self) -> Option<FailedAuthLimit> {
         self.settings.failed_auth
+    }
+
+    /// Whether an address with an empty failed-auth bucket is refused before verification.
+    pub fn failed_auth_refuses_before_verification(&self) -> bool {
+        self.settings.failed_auth.is_some_and(|limit| limit.refuse_before_verification)
     }
 
     /// (hits, misses) of the verified-token cache.

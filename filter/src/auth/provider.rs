@@ -1,5 +1,6 @@
 //! One token issuer: its audiences, its current key set, and for a remote JWKS the fetch
-//! schedule. A fetched set replaces the previous one only when it parses and holds at least
+//! schedule; or, for an issuer whose tokens Envoy's `jwt_authn` verifies, where its payloads
+//! are found. A fetched set replaces the previous one only when it parses and holds at least
 //! one usable key, so a bad fetch never leaves the provider without keys.
 
 use std::cell::{Cell, RefCell};
@@ -15,9 +16,11 @@ pub(crate) struct Provider {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub times: TimeRules,
-    /// `None` until a remote provider's first good fetch.
+    /// `None` until a remote provider's first good fetch, and for a `jwt_authn` provider.
     keys: RefCell<Option<Rc<KeySet>>>,
     remote: Option<RemoteJwks>,
+    /// The `payload_in_metadata` key of a provider whose tokens `jwt_authn` verifies.
+    pub payload_key: Option<String>,
 }
 
 pub(crate) struct RemoteJwks {
@@ -48,7 +51,15 @@ impl Provider {
         times: TimeRules,
         keys: KeySet,
     ) -> Self {
-        Provider { name, issuer, audiences, times, keys: RefCell::new(Some(Rc::new(keys))), remote: None }
+        Provider {
+            name,
+            issuer,
+            audiences,
+            times,
+            keys: RefCell::new(Some(Rc::new(keys))),
+            remote: None,
+            payload_key: None,
+        }
     }
 
     pub(crate) fn remote(
@@ -58,7 +69,17 @@ impl Provider {
         times: TimeRules,
         remote: RemoteJwks,
     ) -> Self {
-        Provider { name, issuer, audiences, times, keys: RefCell::new(None), remote: Some(remote) }
+        Provider { name, issuer, audiences, times, keys: RefCell::new(None), remote: Some(remote), payload_key: None }
+    }
+
+    pub(crate) fn jwt_authn(
+        name: String,
+        issuer: String,
+        audiences: Vec<String>,
+        times: TimeRules,
+        payload_key: String,
+    ) -> Self {
+        Provider { name, issuer, audiences, times, keys: RefCell::new(None), remote: None, payload_key: Some(payload_key) }
     }
 
     pub(crate) fn keys(&self) -> Option<Rc<KeySet>> {

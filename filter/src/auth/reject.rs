@@ -25,6 +25,9 @@ pub const REJECTION_CODES: &[&str] = &[
     "token_lifetime_too_long",
     "subject_missing",
     "bad_signature",
+    "token_unverified",
+    "api_key_unknown",
+    "api_key_revoked",
     "wrong_audience",
     "insufficient_scope",
 ];

@@ -309,12 +309,26 @@ fn malformed_tokens_are_refused_before_crypto() {
 fn subjects_the_forwarded_header_would_alter_are_refused() {
     let signer = Signer::hs256(HMAC_SECRET);
     let auth = authenticator(vec![signer.jwk(None)]);
-    for subject in ["alice\r\nx-voxgate-plan: pro", "alice\u{0}", " alice", "alice\t", &"s".repeat(257)] {
+    let unsafe_subjects = [
+        "alice\r\nx-voxgate-plan: pro",
+        "alice\u{0}",
+        " alice",
+        "alice\t",
+        &"s".repeat(257),
+        "alice\u{202E}nimda",
+        "alice\u{2028}voxgate: refused reason=none",
+        "alice\u{2029}",
+        "ad\u{200B}min",
+        "\u{2066}alice\u{2069}",
+        "alice\u{FEFF}",
+        "alice\u{85}",
+    ];
+    for subject in unsafe_subjects {
         let token = signer.sign(None, &claims(subject));
         let rejection = assert_refused(auth.verify(&token, NOW), 401, "token_malformed");
         assert!(!rejection.message.contains("alice"), "the subject is not echoed");
     }
-    for subject in ["alice", "user@example.com", "ålice", &"s".repeat(256)] {
+    for subject in ["alice", "user@example.com", "ålice", "名前", "a b", &"s".repeat(256)] {
         let verified = auth.verify(&signer.sign(None, &claims(subject)), NOW).expect("a plain subject");
         assert_eq!(verified.forwarded[0].1, subject, "forwarded unchanged");
     }
@@ -600,6 +614,26 @@ fn configuration_problems_name_the_field() {
                                   "require_exp": false, "max_lifetime_seconds": 3600}]}),
             "auth.providers[0].max_lifetime_seconds",
         ),
+        (
+            json!({"providers": [{"name": "dev", "issuer": "https://idp\u{202E}", "audiences": ["a"], "jwks": jwks}]}),
+            "auth.providers[0].issuer",
+        ),
+        (
+            json!({"providers": [{"name": "mesh", "issuer": "i", "audiences": ["a"], "jwks": jwks,
+                                  "jwt_authn": {"payload_in_metadata": "i"}}]}),
+            "auth.providers[0]",
+        ),
+        (
+            json!({"providers": [{"name": "mesh", "issuer": "i", "audiences": ["a"],
+                                  "jwt_authn": {"payload_in_metadata": ""}}]}),
+            "auth.providers[0].jwt_authn.payload_in_metadata",
+        ),
+        (
+            json!({"providers": [
+                {"name": "a", "issuer": "i", "audiences": ["a"], "jwt_authn": {"payload_in_metadata": "p"}},
+                {"name": "b", "issuer": "j", "audiences": ["a"], "jwt_authn": {"payload_in_metadata": "p"}}]}),
+            "auth.providers[1].jwt_authn.payload_in_metadata",
+        ),
         (with(json!({"clock_skew_seconds": 3601})), "auth.clock_skew_seconds"),
         (with(json!({"cache_entries": 0})), "auth.cache_entries"),
         (with(json!({"cache_ttl_seconds": 0})), "auth.cache_ttl_seconds"),
@@ -624,7 +658,7 @@ fn defaults_and_failed_auth_limit() {
     let auth =
         compile(json!({"providers": [{"name": "dev", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}]}))
             .unwrap();
-    assert_eq!(auth.failed_auth_limit(), Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0 }));
+    assert_eq!(auth.failed_auth_limit(), Some(FailedAuthLimit { capacity: 20, refill_per_second: 1.0, refuse_before_verification: false }));
     assert!(auth.remote_jwks().is_empty());
     let disabled = json!({"providers": [{"name": "dev", "issuer": ISSUER, "audiences": [AUDIENCE], "jwks": jwks}], "failed_auth": null});
     assert_eq!(compile(disabled).unwrap().failed_auth_limit(), None);
@@ -670,4 +704,46 @@ fn measure_es256_verify_against_cache_hit() {
     }
     let hit = started.elapsed() / (rounds * 10);
     println!("ES256 verify (cache miss): {miss:?} per token; cache hit: {hit:?} per token; token {} bytes", hot.len());
+}
+
+/// The order of P-256, big-endian.
+const P256_ORDER: [u8; 32] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6, 0xFA,
+    0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+];
+
+/// n − s for a big-endian 32-byte `s` below the order.
+fn p256_negate(s: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut digit = i16::from(P256_ORDER[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(digit < 0);
+        if digit < 0 {
+            digit += 256;
+        }
+        out[i] = digit as u8;
+    }
+    out
+}
+
+/// Both forms of an ECDSA signature verify (`s` and `n − s`), and the filter accepts both on
+/// purpose: issuers built on OpenSSL or Java sign with either form (about half of the dev
+/// tokens carry the high one), so a low-`s` rule would refuse half of their genuine tokens.
+/// The twin of a token buys its holder nothing: it carries the same claims, so the same
+/// subject, plan and buckets, and costs one more signature check counted as a success.
+#[test]
+fn an_ecdsa_signature_in_its_other_form_is_the_same_identity() {
+    let signer = Signer::es256();
+    let auth = authenticator(vec![signer.jwk(Some("ec"))]);
+    let token = signer.sign(Some("ec"), &claims("alice"));
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let signature = jwks::decode_base64url(signature).unwrap();
+    let twin_signature = [&signature[..32], &p256_negate(&signature[32..])].concat();
+    let twin = format!("{signed}.{}", test_keys::b64(&twin_signature));
+    assert_ne!(twin, token);
+    let original = auth.verify(&token, NOW).expect("the token verifies");
+    let other = auth.verify(&twin, NOW).expect("its twin verifies too");
+    assert_eq!((&other.subject, &other.forwarded), (&original.subject, &original.forwarded));
+    assert_eq!(auth.stats().signature_checks, 2);
 }

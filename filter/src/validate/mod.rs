@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use crate::config::ConfigError;
 use crate::decision::Rejection;
 use media::MediaType;
+pub(crate) use text::forbidden_kind;
 use text::TextPolicy;
 
 /// Largest accepted `max_body_bytes`: the body is buffered in the filter's memory.
