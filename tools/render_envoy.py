@@ -11,6 +11,11 @@ filter without `allow_on_headers_stop_iteration`, so the filter runs with
 `hold_headers_for_body: false`, and Envoy's buffer filter between it and the router, which holds
 the headers until the filter has passed the body.
 
+The filter learns the sidecar's voices from the sidecar itself: `fetch_catalog()` reads its
+`GET /v1/audio/voices` (voice names, default voice, alias table) and `with_catalog()` puts that
+answer into `text.catalog`. A launcher renders after the sidecar is ready, so a voice dropped
+into the voices folder reaches the filter with the next restart, and no list is kept twice.
+
 CLI: `python -m tools.render_envoy --out .run/envoy.yaml [--mesh] [--validate]`, ports from the
 VOXGATE_*_PORT environment variables.
 """
@@ -24,6 +29,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +105,24 @@ def filter_config(jwks: dict, base: Path | dict = FILTER_CONFIG) -> dict:
     if len(dev) != 1:
         raise ValueError(f"the filter configuration needs exactly one provider named {DEV_PROVIDER!r}")
     dev[0]["jwks"] = jwks
+    return config
+
+
+def fetch_catalog(sidecar_url: str, timeout: float = 10.0) -> dict:
+    """`text.catalog` from the sidecar's `GET /v1/audio/voices` (the sidecar must be ready)."""
+    with urllib.request.urlopen(f"{sidecar_url}/v1/audio/voices", timeout=timeout) as answer:
+        listing = json.load(answer)
+    return {
+        "voices": [voice["name"] for voice in listing["voices"]],
+        "default_voice": listing["default_voice"],
+        "aliases": {alias: voice for alias, voice in listing["aliases"].items() if voice is not None},
+    }
+
+
+def with_catalog(config: dict, catalog: dict) -> dict:
+    """A copy of the filter configuration with `catalog` as its `text.catalog`."""
+    config = copy.deepcopy(config)
+    config.setdefault("text", {})["catalog"] = catalog
     return config
 
 

@@ -25,7 +25,7 @@ RUN_DIR = Path(os.environ.get("VOXGATE_RUN_DIR", REPO_ROOT / ".run"))
 SIDECAR = REPO_ROOT / "target" / "release" / "voxgate-sidecar"
 DEFAULT_VOICES = REPO_ROOT / ".deps" / "voices"
 DEFAULT_ORT = REPO_ROOT / ".deps" / "lib" / "libonnxruntime.so"
-DEMO_VOICE = "en_US-joe-medium"
+DEMO_VOICE = "alloy"
 SIDECAR_READY_SECONDS = 120
 ENVOY_READY_SECONDS = 60
 STOP_GRACE_SECONDS = 10
@@ -97,7 +97,6 @@ def start() -> str:
                            (params.listen_port, "VOXGATE_LISTEN_PORT"),
                            (params.admin_port, "VOXGATE_ADMIN_PORT")):
         _require_free(port, variable)
-    envoy_yaml = render_envoy.write(params, RUN_DIR / "envoy.yaml")
 
     env = dict(os.environ)
     env.setdefault("VOXGATE_VOICES_DIR", str(DEFAULT_VOICES))
@@ -108,6 +107,9 @@ def start() -> str:
     try:
         procs.wait_until(lambda: procs.http_status(f"{sidecar_url}/readyz") == 200, "the sidecar",
                          sidecar, RUN_DIR / "sidecar.log", SIDECAR_READY_SECONDS)
+        # Rendered now, so that the filter knows the voices the sidecar has just loaded.
+        params.filter_config = render_envoy.with_catalog(config, render_envoy.fetch_catalog(sidecar_url))
+        envoy_yaml = render_envoy.write(params, RUN_DIR / "envoy.yaml")
         concurrency = os.environ.get("VOXGATE_ENVOY_CONCURRENCY", "2")
         envoy = _start("envoy", [str(envoy_bin), "-c", str(envoy_yaml), "--concurrency", concurrency,
                                  "--disable-hot-restart", "--log-level", "info"], env)

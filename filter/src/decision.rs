@@ -1,8 +1,8 @@
 //! The one shape every refusal takes, whichever step of the pipeline made it.
 //!
-//! A `Rejection` becomes an HTTP answer with the OpenAI error body
-//! `{"error":{"type":…,"code":…,"message":…}}`. Messages name the problem and never
-//! carry the token or the submitted text.
+//! A `Rejection` becomes an HTTP answer with the error body the sidecar sends too
+//! (`voxgate_rules::error`): `{"error":{"type":…,"code":…,"message":…,"param":…}}`.
+//! Messages name the problem and never carry the token or the submitted text.
 
 /// A refusal decided by the filter, answered locally so the sidecar never sees the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,13 +14,21 @@ pub struct Rejection {
     pub code: &'static str,
     /// Human-readable explanation without user data.
     pub message: String,
+    /// The request field at fault, when there is one.
+    pub param: Option<&'static str>,
     /// Extra response headers (`WWW-Authenticate`, `Retry-After`, rate-limit headers).
     pub headers: Vec<(String, String)>,
 }
 
+impl From<voxgate_rules::RuleError> for Rejection {
+    fn from(error: voxgate_rules::RuleError) -> Self {
+        Rejection { param: error.param, ..Rejection::new(error.status, error.code, error.message) }
+    }
+}
+
 impl Rejection {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        Rejection { status, code, message: message.into(), headers: Vec::new() }
+        Rejection { status, code, message: message.into(), param: None, headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -30,22 +38,12 @@ impl Rejection {
 
     /// The OpenAI error `type` for this status.
     pub fn error_type(&self) -> &'static str {
-        match self.status {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            s if s >= 500 => "server_error",
-            _ => "invalid_request_error",
-        }
+        voxgate_rules::error::error_type(self.status)
     }
 
     /// The JSON body sent to the client.
     pub fn body(&self) -> String {
-        serde_json::json!({
-            "error": { "type": self.error_type(), "code": self.code, "message": self.message }
-        })
-        .to_string()
+        voxgate_rules::error::error_body(self.status, self.code, &self.message, self.param)
     }
 }
 
@@ -60,5 +58,6 @@ mod tests {
         assert_eq!(v["error"]["type"], "rate_limit_error");
         assert_eq!(v["error"]["code"], "rate_limited");
         assert_eq!(v["error"]["message"], "slow down");
+        assert!(v["error"]["param"].is_null());
     }
 }

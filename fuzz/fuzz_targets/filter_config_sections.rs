@@ -184,6 +184,7 @@ fn text_rules(t: Text) {
         allow_control_chars: t.allow_control_chars,
         deny_patterns: t.deny_patterns,
         voices: t.voices,
+        catalog: Default::default(),
         response_formats: t.response_formats,
         min_speed: t.min_speed.value(),
         max_speed: t.max_speed.value(),

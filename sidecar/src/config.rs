@@ -1,11 +1,13 @@
 //! Command-line flags and environment variables of the sidecar, and the defaults derived
 //! from the machine (CPU cores) when a value is not given.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::phonemize::{self, PhonemizerSettings};
@@ -34,6 +36,11 @@ pub struct Config {
     /// [default: the first voice by name].
     #[arg(long, env = "VOXGATE_DEFAULT_VOICE")]
     pub default_voice: Option<String>,
+
+    /// JSON file of voice aliases, `{"alloy": "VOICE", "narrator": "VOICE", …}`; the OpenAI
+    /// voice names it leaves out mean the default voice.
+    #[arg(long, env = "VOXGATE_VOICE_ALIASES")]
+    pub voice_aliases: Option<PathBuf>,
 
     /// Syntheses that run at the same time [default: CPU cores / intra-op threads].
     #[arg(long, env = "VOXGATE_SIDECAR_WORKERS")]
@@ -122,6 +129,21 @@ pub struct Config {
 }
 
 impl Config {
+    /// The alias table from `--voice-aliases`, empty when none is given.
+    pub fn read_voice_aliases(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let Some(path) = &self.voice_aliases else {
+            return Ok(BTreeMap::new());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the voice aliases {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the voice aliases {} must be a JSON object of alias to voice name",
+                path.display()
+            )
+        })
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.bind, self.port)
     }

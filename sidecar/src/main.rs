@@ -158,7 +158,10 @@ async fn load_voices(
         .and_then(|catalog| {
             catalog.with_context(|| format!("loading voices from {}", config.voices_dir.display()))
         })
-        .and_then(|catalog| LoadedVoices::new(catalog, config.default_voice.as_deref()))
+        .and_then(|catalog| {
+            let aliases = config.read_voice_aliases()?;
+            LoadedVoices::new(catalog, config.default_voice.as_deref(), aliases)
+        })
         .and_then(|voices| {
             let count = voices.all().len();
             let default_voice = voices.default_voice().info().name.clone();

@@ -50,6 +50,7 @@ class Stack:
         self.sidecar = Sidecar(self.root / "sidecar", free_port(), self.voices_dir,
                                extra_env={"VOXGATE_DEFAULT_VOICE": PIPER_VOICE})
         self.envoy: Envoy | None = None
+        self.catalog: dict | None = None
         self._envoys: list[Envoy] = []
         self._closed = False
         atexit.register(self.close)
@@ -57,6 +58,7 @@ class Stack:
     def start(self) -> "Stack":
         try:
             self.sidecar.start()
+            self.catalog = render_envoy.fetch_catalog(self.sidecar.url)
             self.envoy = self.start_envoy()
         except BaseException:
             self.close()
@@ -78,8 +80,10 @@ class Stack:
 
     def filter_config(self) -> dict:
         """A fresh copy of the default filter configuration (envoy/filter-config.json with this
-        session's dev JWKS), to modify and pass to `start_envoy` / `restart_envoy`."""
-        return render_envoy.filter_config(self.keys.jwks())
+        session's dev JWKS and the sidecar's voices), to modify and pass to `start_envoy` /
+        `restart_envoy`."""
+        config = render_envoy.filter_config(self.keys.jwks())
+        return render_envoy.with_catalog(config, self.catalog) if self.catalog else config
 
     def token(self, **kwargs) -> str:
         """A dev token from this session's keys; arguments as `tools.devtoken.mint`."""

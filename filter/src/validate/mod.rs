@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use voxgate_rules::{Resolved, VoiceTable};
 
 use crate::config::ConfigError;
 use crate::decision::Rejection;
@@ -50,8 +51,12 @@ pub struct TextRules {
     pub allow_control_chars: bool,
     /// Regular expressions (regex-lite syntax); a text matching any is refused.
     pub deny_patterns: Vec<String>,
-    /// Allowed voice names; empty allows any.
+    /// Allowed voices (after aliases are resolved), for `voice` and `model` alike; empty
+    /// allows every voice of the catalog.
     pub voices: Vec<String>,
+    /// The sidecar's voices, as its `GET /v1/audio/voices` lists them (rendered into this
+    /// configuration by `tools/render_envoy.py`); empty: any voice name is let through.
+    pub catalog: Catalog,
     /// Allowed `response_format` values; empty allows any.
     pub response_formats: Vec<String>,
     pub min_speed: f64,
@@ -66,11 +71,21 @@ impl Default for TextRules {
             allow_control_chars: false,
             deny_patterns: Vec::new(),
             voices: Vec::new(),
+            catalog: Catalog::default(),
             response_formats: Vec::new(),
             min_speed: 0.25,
             max_speed: 4.0,
         }
     }
+}
+
+/// `text.catalog`: the voice names, the default voice and the alias table of the sidecar.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Catalog {
+    pub voices: Vec<String>,
+    pub default_voice: Option<String>,
+    pub aliases: BTreeMap<String, String>,
 }
 
 /// What the rate limiter needs from a valid speech request.
@@ -86,7 +101,7 @@ pub struct SpeechRequest {
 pub struct TextValidator {
     max_body_bytes: usize,
     text: TextPolicy,
-    voices: Vec<String>,
+    voices: VoiceTable,
     response_formats: Vec<String>,
     min_speed: f64,
     max_speed: f64,
@@ -104,6 +119,9 @@ impl TextRules {
             return Err(ConfigError::new("text.max_chars", format!("must be between 1 and {MAX_CHARS_LIMIT}")));
         }
         check_names(&self.voices, "text.voices")?;
+        check_names(&self.catalog.voices, "text.catalog.voices")?;
+        let voices = VoiceTable::new(self.catalog.voices, self.catalog.default_voice, self.catalog.aliases, self.voices)
+            .map_err(|problem| ConfigError::new("text.catalog", problem))?;
         check_names(&self.response_formats, "text.response_formats")?;
         if !(self.min_speed.is_finite() && self.min_speed > 0.0) {
             return Err(ConfigError::new("text.min_speed", "must be a number above 0"));
@@ -114,7 +132,7 @@ impl TextRules {
         Ok(TextValidator {
             max_body_bytes: self.max_body_bytes,
             text: TextPolicy::new(self.max_chars, self.allow_control_chars, &self.deny_patterns)?,
-            voices: self.voices,
+            voices,
             response_formats: self.response_formats,
             min_speed: self.min_speed,
             max_speed: self.max_speed,
@@ -274,7 +292,6 @@ impl TextValidator {
     /// clients send them; the sidecar ignores what it does not know.
     fn openai(&self, map: &Map<String, Value>) -> Result<SpeechRequest, Rejection> {
         let input = json_required_string(map, "input")?;
-        json_string(map, "model")?;
         if let Some(format) = json_string(map, "response_format")? {
             if !self.response_formats.is_empty() && !self.response_formats.iter().any(|f| f == format) {
                 return Err(Rejection::new(
@@ -294,7 +311,7 @@ impl TextValidator {
             }
         }
         json_bool(map, "stream")?;
-        let voice = self.voice(json_string(map, "voice")?)?;
+        let voice = self.voice(json_string(map, "voice")?, json_string(map, "model")?)?;
         let chars = self.text.check("input", input)?;
         Ok(SpeechRequest { chars, voice })
     }
@@ -305,17 +322,17 @@ impl TextValidator {
         fields.check_speaker("speaker_id")?;
         fields.optional_string("language_id")?;
         fields.optional_string("style_wav")?;
-        let voice = self.voice(fields.optional_string("voice")?)?;
+        // An empty `voice`, as forms send it, is no voice.
+        let voice = self.voice(fields.optional_string("voice")?.filter(|v| !v.is_empty()), None)?;
         let chars = self.text.check("text", text)?;
         Ok(SpeechRequest { chars, voice })
     }
 
-    fn voice(&self, voice: Option<&str>) -> Result<Option<String>, Rejection> {
-        match voice {
-            Some(v) if !self.voices.is_empty() && !self.voices.iter().any(|allowed| allowed == v) => {
-                Err(Rejection::new(400, "unknown_voice", "`voice` is not one of the configured voices"))
-            }
-            other => Ok(other.map(str::to_string)),
+    /// The voice by the shared rules (`voxgate_rules::voices`): `None` for the default.
+    fn voice(&self, voice: Option<&str>, model: Option<&str>) -> Result<Option<String>, Rejection> {
+        match self.voices.resolve(voice, model)? {
+            Resolved::Voice(name) => Ok(Some(name.to_string())),
+            Resolved::Default => Ok(None),
         }
     }
 }

@@ -6,10 +6,18 @@ use super::*;
 const JSON: Option<&str> = Some("application/json");
 const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
+fn catalog() -> Catalog {
+    Catalog {
+        voices: vec!["en_US-joe-medium".into(), "coqui-vits".into()],
+        default_voice: Some("en_US-joe-medium".into()),
+        aliases: BTreeMap::from([("narrator".to_string(), "coqui-vits".to_string())]),
+    }
+}
+
 fn validator() -> TextValidator {
     TextRules {
         deny_patterns: vec!["(?i)forbidden phrase".into()],
-        voices: vec!["en_US-joe-medium".into(), "coqui-vits".into()],
+        catalog: catalog(),
         response_formats: vec!["wav".into(), "pcm".into()],
         ..TextRules::default()
     }
@@ -35,7 +43,35 @@ fn a_valid_openai_request() {
     .unwrap();
     assert_eq!(req, SpeechRequest { chars: 11, voice: Some("en_US-joe-medium".into()) });
     let minimal = openai(r#"{"input": "Hi", "voice": null, "speed": null}"#).unwrap();
-    assert_eq!(minimal, SpeechRequest { chars: 2, voice: None });
+    assert_eq!(minimal, SpeechRequest { chars: 2, voice: Some("en_US-joe-medium".into()) });
+}
+
+#[test]
+fn voices_resolve_through_the_catalog_and_aliases() {
+    let voice = |body: &str| openai(body).unwrap().voice;
+    for name in voxgate_rules::voices::OPENAI_VOICES {
+        let body = format!(r#"{{"model": "tts-1", "input": "Hi", "voice": "{name}"}}"#);
+        assert_eq!(voice(&body).as_deref(), Some("en_US-joe-medium"), "{name}");
+    }
+    assert_eq!(voice(r#"{"input": "Hi", "voice": "narrator"}"#).as_deref(), Some("coqui-vits"));
+    assert_eq!(voice(r#"{"input": "Hi", "model": "coqui-vits", "voice": "alloy"}"#).as_deref(), Some("coqui-vits"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "model": "nobody"}"#)), (400, "unknown_model"));
+    let refused = openai(r#"{"input": "a", "voice": "nobody"}"#).unwrap_err();
+    assert_eq!((refused.code, refused.param), ("unknown_voice", Some("voice")));
+}
+
+#[test]
+fn a_voice_allowlist_holds_for_model_too() {
+    let v = TextRules { catalog: catalog(), voices: vec!["en_US-joe-medium".into()], ..TextRules::default() }
+        .compile()
+        .unwrap();
+    let check = |body: &str| v.validate_body(Api::OpenAiSpeech, JSON, body.as_bytes()).map(|r| r.voice);
+    assert_eq!(check(r#"{"input": "a", "voice": "alloy"}"#).unwrap().as_deref(), Some("en_US-joe-medium"));
+    assert_eq!(status_code(check(r#"{"input": "a", "voice": "coqui-vits"}"#)), (400, "unknown_voice"));
+    assert_eq!(status_code(check(r#"{"input": "a", "model": "coqui-vits"}"#)), (400, "unknown_model"));
+    assert_eq!(status_code(check(r#"{"input": "a", "voice": "narrator"}"#)), (400, "unknown_voice"));
+    let coqui = v.validate_query(Api::CoquiTts, "text=Hi&voice=coqui-vits");
+    assert_eq!(status_code(coqui), (400, "unknown_voice"));
 }
 
 #[test]
@@ -48,7 +84,6 @@ fn openai_field_rules() {
     assert_eq!(status_code(openai(r#"{"input": "a", "voice": 1}"#)), (400, "invalid_field"));
     assert_eq!(status_code(openai(r#"{"input": "a", "speed": "1.0"}"#)), (400, "invalid_field"));
     assert_eq!(status_code(openai(r#"{"input": "a", "stream": "yes"}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "voice": "alloy"}"#)), (400, "unknown_voice"));
     assert_eq!(status_code(openai(r#"{"input": "a", "voice": "EN_US-JOE-MEDIUM"}"#)), (400, "unknown_voice"));
     assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "mp3"}"#)), (400, "unsupported_response_format"));
     assert_eq!(status_code(openai(r#"{"input": "a", "speed": 0.2}"#)), (400, "speed_out_of_range"));
@@ -67,9 +102,9 @@ fn openai_field_rules() {
 fn empty_lists_allow_any_voice_and_format() {
     let v = TextRules::default().compile().unwrap();
     let req = v
-        .validate_body(Api::OpenAiSpeech, JSON, br#"{"input": "a", "voice": "alloy", "response_format": "flac"}"#)
+        .validate_body(Api::OpenAiSpeech, JSON, br#"{"input": "a", "voice": "any", "response_format": "flac"}"#)
         .unwrap();
-    assert_eq!(req.voice.as_deref(), Some("alloy"));
+    assert_eq!(req.voice.as_deref(), Some("any"));
 }
 
 #[test]
@@ -112,7 +147,7 @@ fn coqui_json_form_and_query() {
     let req = v
         .validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": 3, "language_id": "en", "style_wav": ""}"#)
         .unwrap();
-    assert_eq!(req, SpeechRequest { chars: 5, voice: None });
+    assert_eq!(req, SpeechRequest { chars: 5, voice: Some("en_US-joe-medium".into()) });
     assert!(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": "p225"}"#).is_ok());
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": -1}"#)), (400, "invalid_field"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": 1.5}"#)), (400, "invalid_field"));

@@ -3,7 +3,6 @@
 //! first, then query string, then a form or JSON body), answered with a WAV file. The
 //! extra `voice` parameter picks a voice other than the default.
 
-use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -147,16 +146,8 @@ async fn read_params(
 }
 
 fn resolve(params: CoquiParams, voices: &LoadedVoices) -> Result<SpeechRequest, ApiError> {
-    let voice = match params.voice.as_deref().filter(|name| !name.is_empty()) {
-        None => Arc::clone(voices.default_voice()),
-        Some(name) => voices.get(name).ok_or_else(|| {
-            ApiError::invalid_param(
-                "voice",
-                "unknown_voice",
-                "`voice` is not a loaded voice (GET /v1/audio/voices)",
-            )
-        })?,
-    };
+    // An empty `voice`, as forms send it, is no voice.
+    let voice = voices.resolve(params.voice.as_deref().filter(|name| !name.is_empty()), None)?;
     if let Some(language) = params
         .language_id
         .as_deref()

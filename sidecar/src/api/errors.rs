@@ -4,8 +4,6 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use serde_json::json;
 
 /// The error code of an answer, kept in the response extensions for the request metrics.
 #[derive(Debug, Clone, Copy)]
@@ -177,27 +175,30 @@ impl ApiError {
             ..self
         }
     }
+}
 
-    fn error_type(&self) -> &'static str {
-        if self.status.is_server_error() {
-            "server_error"
-        } else {
-            "invalid_request_error"
+impl From<voxgate_rules::RuleError> for ApiError {
+    fn from(error: voxgate_rules::RuleError) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
+            code: error.code,
+            message: error.message,
+            param: error.param,
+            retry_after_secs: None,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({
-            "error": {
-                "type": self.error_type(),
-                "code": self.code,
-                "message": self.message,
-                "param": self.param,
-            }
-        });
-        let mut response = (self.status, Json(body)).into_response();
+        let body = voxgate_rules::error::error_body(
+            self.status.as_u16(),
+            self.code,
+            &self.message,
+            self.param,
+        );
+        let content_type = HeaderValue::from_static("application/json");
+        let mut response = (self.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -212,6 +213,7 @@ impl IntoResponse for ApiError {
 mod tests {
     use super::*;
     use axum::body::to_bytes;
+    use serde_json::json;
 
     async fn body_json(response: Response) -> serde_json::Value {
         let bytes = to_bytes(response.into_body(), 4096).await.expect("body");

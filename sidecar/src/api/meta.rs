@@ -8,11 +8,13 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::errors::ApiError;
-use super::openai::MODEL_ALIASES;
 use super::state::AppState;
 use crate::voice::Voice;
+use voxgate_rules::voices::MODEL_NAMES;
 
-/// `GET /v1/audio/voices`.
+/// `GET /v1/audio/voices`: the voices, the default one and the alias table (what each
+/// OpenAI voice name and operator alias means). The filter's voice rules are rendered from
+/// this answer (`tools/render_envoy.py`).
 pub async fn voices(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let voices = state.voices()?;
     let default_name = &voices.default_voice().info().name;
@@ -22,7 +24,7 @@ pub async fn voices(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
         .map(|voice| describe_voice(voice, &voice.info().name == default_name))
         .collect();
     Ok(Json(
-        json!({ "default_voice": default_name, "voices": list }),
+        json!({ "default_voice": default_name, "aliases": voices.table().aliases(), "voices": list }),
     ))
 }
 
@@ -44,7 +46,7 @@ pub async fn models(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
     let voices = state.voices()?;
     let model =
         |id: &str| json!({ "id": id, "object": "model", "created": 0, "owned_by": "voxgate" });
-    let data: Vec<Value> = MODEL_ALIASES
+    let data: Vec<Value> = MODEL_NAMES
         .iter()
         .map(|alias| model(alias))
         .chain(voices.all().iter().map(|voice| model(&voice.info().name)))

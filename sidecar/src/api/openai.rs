@@ -1,8 +1,8 @@
 //! `POST /v1/audio/speech`, OpenAI's speech request: `model`, `input`, `voice`,
 //! `response_format`, `speed`, plus `stream`/`stream_format` for chunked audio and `speaker`
-//! for multi-speaker voices. Each field is checked and refused with its own error code.
-
-use std::sync::Arc;
+//! for multi-speaker voices. Each field is checked and refused with its own error code;
+//! `instructions` and fields unknown here are accepted and ignored, as VITS voices take no
+//! style prompt.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,17 +17,6 @@ use super::state::{AppState, LoadedVoices};
 use super::VoiceLabel;
 use crate::audio::AudioFormat;
 use crate::tenants::Tenant;
-use crate::voice::Voice;
-
-/// Model names accepted besides the name of a loaded voice; all mean "the chosen voice".
-pub const MODEL_ALIASES: &[&str] = &["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "voxgate"];
-
-/// OpenAI's built-in voice names, answered with the default voice (or the voice named as
-/// `model`).
-pub const OPENAI_VOICES: &[&str] = &[
-    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
-    "shimmer", "verse",
-];
 
 const KNOWN_UNSUPPORTED_FORMATS: &[&str] = &["mp3", "opus", "aac", "flac"];
 
@@ -145,31 +134,9 @@ fn parse_stream(stream: Option<bool>, stream_format: Option<&str>) -> Result<boo
     }
 }
 
-/// Picks the voice: a loaded voice named in `voice`; else an OpenAI voice name, meaning the
-/// voice named in `model` if it is one, otherwise the default voice; a missing `voice` is
-/// the same as an OpenAI name.
+/// Picks the voice by the shared rules (`voxgate_rules::voices`), then the speaker.
 fn resolve(fields: SpeechFields, voices: &LoadedVoices) -> Result<SpeechRequest, ApiError> {
-    let model_voice = match fields.model.as_deref() {
-        None => None,
-        Some(model) if MODEL_ALIASES.contains(&model) => None,
-        Some(model) => Some(voices.get(model).ok_or_else(|| {
-            ApiError::invalid_param(
-                "model",
-                "unknown_model",
-                "`model` must be tts-1, tts-1-hd, gpt-4o-mini-tts, voxgate or a voice name (GET /v1/models)",
-            )
-        })?),
-    };
-    let voice: Arc<Voice> = match fields.voice.as_deref() {
-        Some(name) if !OPENAI_VOICES.contains(&name) => voices.get(name).ok_or_else(|| {
-            ApiError::invalid_param(
-                "voice",
-                "unknown_voice",
-                "`voice` is not a loaded voice or an OpenAI voice name (GET /v1/audio/voices)",
-            )
-        })?,
-        _ => model_voice.unwrap_or_else(|| Arc::clone(voices.default_voice())),
-    };
+    let voice = voices.resolve(fields.voice.as_deref(), fields.model.as_deref())?;
     let speaker = speech::resolve_speaker(&voice, fields.speaker.as_deref(), "speaker")?;
     Ok(SpeechRequest {
         options: speech::options_for(&voice, speaker, fields.speed),

@@ -1,11 +1,13 @@
 //! State shared by the handlers: request limits, the admission queue, the tenant ledger, the voices once they
 //! are loaded, whether the service is draining for shutdown, and the metrics renderer.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use voxgate_rules::{Resolved, RuleError, VoiceTable};
 
 use super::errors::ApiError;
 use crate::admission::Admission;
@@ -27,15 +29,21 @@ pub struct Limits {
     pub max_utterance_seconds: f64,
 }
 
-/// The catalog and the voice used when a request names none.
+/// The catalog, the voice used when a request names none, and the alias table.
 pub struct LoadedVoices {
     catalog: VoiceCatalog,
     default_voice: Arc<Voice>,
+    table: VoiceTable,
 }
 
 impl LoadedVoices {
-    /// Picks the default voice: the one named, or the first by name.
-    pub fn new(catalog: VoiceCatalog, default_name: Option<&str>) -> anyhow::Result<Self> {
+    /// Picks the default voice (the one named, or the first by name) and checks the aliases
+    /// against the catalog.
+    pub fn new(
+        catalog: VoiceCatalog,
+        default_name: Option<&str>,
+        aliases: BTreeMap<String, String>,
+    ) -> anyhow::Result<Self> {
         let default_voice = match default_name {
             Some(name) => catalog.get(name).ok_or_else(|| {
                 anyhow::anyhow!("the default voice `{name}` is not in the voices folder")
@@ -46,10 +54,33 @@ impl LoadedVoices {
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("the voices folder holds no voice"))?,
         };
+        let names = catalog.voices().iter().map(|v| v.info().name.clone()).collect();
+        let default = Some(default_voice.info().name.clone());
+        let table = VoiceTable::new(names, default, aliases, Vec::new())
+            .map_err(|problem| anyhow::anyhow!("voice aliases: {problem}"))?;
         Ok(LoadedVoices {
             catalog,
             default_voice,
+            table,
         })
+    }
+
+    /// The voice for a request's `voice` and `model` (see `VoiceTable::resolve`).
+    pub fn resolve(&self, voice: Option<&str>, model: Option<&str>) -> Result<Arc<Voice>, ApiError> {
+        match self.table.resolve(voice, model)? {
+            Resolved::Voice(name) => self.catalog.get(name).ok_or_else(|| {
+                ApiError::from(RuleError::invalid(
+                    "voice",
+                    "unknown_voice",
+                    "`voice` is not an available voice (GET /v1/audio/voices)",
+                ))
+            }),
+            Resolved::Default => Ok(Arc::clone(&self.default_voice)),
+        }
+    }
+
+    pub fn table(&self) -> &VoiceTable {
+        &self.table
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Voice>> {

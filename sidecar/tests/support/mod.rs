@@ -279,12 +279,9 @@ impl Answer {
         assert_eq!(self.status, status, "expected {status} {code}, got: {body}");
         let json = self.json();
         assert_eq!(json["error"]["code"], code, "{body}");
-        let expected_type = if status >= 500 {
-            "server_error"
-        } else {
-            "invalid_request_error"
-        };
+        let expected_type = voxgate_rules::error::error_type(status);
         assert_eq!(json["error"]["type"], expected_type, "{body}");
+        assert!(json["error"].get("param").is_some(), "{body}");
         assert!(
             json["error"]["message"]
                 .as_str()
