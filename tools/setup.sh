@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 DEPS=.deps
 mkdir -p "$DEPS/bin" "$DEPS/lib" "$DEPS/voices"
 
-apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config)
+# libmp3lame and libopus encode mp3 and opus answers; ffmpeg decodes them in the tests.
+apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config libmp3lame-dev libopus-dev ffmpeg)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
