@@ -42,7 +42,8 @@ def test_start_prints_a_curl_that_speaks_and_stop_ends_both(launcher, tmp_path):
     curl = [line for line in started.stdout.splitlines() if line.startswith("curl ")]
     assert len(curl) == 1, started.stdout
     subprocess.run(["bash", "-c", curl[0]], cwd=tmp_path, check=True, timeout=120)
-    assert (tmp_path / "hello.wav").read_bytes()[:4] == b"RIFF"
+    mp3 = (tmp_path / "hello.mp3").read_bytes()
+    assert mp3[0] == 0xFF and mp3[1] & 0xE0 == 0xE0, "an MPEG audio frame"
 
     first = pids(run_dir)
     restarted = run("start")

@@ -1,10 +1,15 @@
 """End to end: voxgate as a drop-in for OpenAI speech clients, through the real Envoy with the
 shipped filter configuration. Every OpenAI voice name is an alias the filter and the sidecar
 resolve alike; the filter learns the voices from the sidecar, so a voice dropped into the folder
-is usable after a restart with no other edit, and `model` cannot get past a voice allowlist."""
+is usable after a restart with no other edit, and `model` cannot get past a voice allowlist.
+Every `response_format`, whole and streamed, and the server-sent events decode (ffmpeg) to the
+duration of the same speech as WAV."""
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
 import uuid
 
 import openai
@@ -19,6 +24,10 @@ from tools import render_envoy
 OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx",
                  "sage", "shimmer", "verse")
 TEXT = "Hello there."
+PARAGRAPH = "The quick brown fox jumps over the lazy dog. Then it ran into the woods."
+CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "flac": "audio/flac", "wav": "audio/wav",
+                 "pcm": "audio/pcm"}
+DECODE_RATE = 16000
 
 
 def client(url: str, token: str) -> openai.OpenAI:
@@ -111,3 +120,73 @@ def test_model_cannot_get_past_a_voice_allowlist(stack, dropped_in):
                            headers={"Authorization": f"Bearer {pro_token(stack)}"},
                            json={"input": TEXT, "model": "en_GB-dropped-in"})
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "unknown_model")
+
+
+def decoded_seconds(audio: bytes, response_format: str, sample_rate: int) -> float:
+    """Seconds of audio ffmpeg decodes from `audio` (raw PCM needs its rate spelled out)."""
+    raw = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1"] if response_format == "pcm" else []
+    decoded = subprocess.run(["ffmpeg", "-v", "error", *raw, "-i", "pipe:0", "-f", "s16le", "-ac", "1",
+                              "-ar", str(DECODE_RATE), "pipe:1"], input=audio, capture_output=True, timeout=60)
+    assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr.decode()
+    return len(decoded.stdout) / 2 / DECODE_RATE
+
+
+@pytest.fixture(scope="module")
+def reference(stack):
+    """The paragraph's duration as WAV, and the voice's sample rate."""
+    speech = client(stack.url, pro_token(stack)).audio.speech.create(
+        model="tts-1", voice="alloy", input=PARAGRAPH, response_format="wav")
+    rate = int(speech.response.headers["x-sample-rate"])
+    return decoded_seconds(speech.read(), "wav", rate), rate
+
+
+def assert_duration(seconds: float, reference) -> None:
+    expected, _ = reference
+    assert expected > 2.0
+    assert abs(seconds - expected) <= 0.1 * expected, (seconds, expected)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("response_format", list(CONTENT_TYPES))
+def test_every_format_decodes_to_the_expected_duration(stack, reference, response_format, streamed):
+    speech = client(stack.url, pro_token(stack)).audio.speech
+    request = dict(model="tts-1", voice="alloy", input=PARAGRAPH, response_format=response_format)
+    if streamed:
+        with speech.with_streaming_response.create(**request, extra_body={"stream_format": "audio"}) as answer:
+            content_type = answer.headers["content-type"]
+            audio = b"".join(answer.iter_bytes())
+    else:
+        answer = speech.create(**request)
+        content_type, audio = answer.response.headers["content-type"], answer.read()
+    assert content_type == CONTENT_TYPES[response_format]
+    assert_duration(decoded_seconds(audio, response_format, reference[1]), reference)
+
+
+def test_mp3_is_the_default_format(stack, reference):
+    answer = client(stack.url, pro_token(stack)).audio.speech.create(model="tts-1", voice="alloy", input=PARAGRAPH)
+    assert answer.response.headers["content-type"] == "audio/mpeg"
+    assert_duration(decoded_seconds(answer.read(), "mp3", reference[1]), reference)
+
+
+@pytest.mark.parametrize("response_format", ["mp3", "opus"])
+def test_server_sent_events_carry_audio_that_decodes(stack, reference, response_format):
+    answer = requests.post(f"{stack.url}/v1/audio/speech", timeout=60, stream=True,
+                           headers={"Authorization": f"Bearer {pro_token(stack)}"},
+                           json={"model": "tts-1", "voice": "alloy", "input": PARAGRAPH,
+                                 "response_format": response_format, "stream_format": "sse"})
+    assert answer.status_code == 200 and answer.headers["content-type"] == "text/event-stream"
+    events = [json.loads(line[len("data: "):]) for line in answer.iter_lines(decode_unicode=True)
+              if line.startswith("data: ")]
+    assert [event["type"] for event in events[-1:]] == ["speech.audio.done"]
+    deltas = events[:-1]
+    assert deltas and all(event["type"] == "speech.audio.delta" for event in deltas)
+    audio = b"".join(base64.b64decode(event["audio"]) for event in deltas)
+    assert_duration(decoded_seconds(audio, response_format, reference[1]), reference)
+
+
+def test_aac_is_refused_naming_the_supported_formats(stack):
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(stack.url, pro_token(stack)).audio.speech.create(
+            model="tts-1", voice="alloy", input=TEXT, response_format="aac")
+    assert (refused.value.code, refused.value.param) == ("unsupported_response_format", "response_format")
+    assert "mp3, opus, flac, wav, pcm" in refused.value.message

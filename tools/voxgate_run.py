@@ -122,12 +122,12 @@ def start() -> str:
         raise
 
     token = devtoken.mint(keys=keys, sub="alice")
-    body = f'{{"model":"tts-1","input":"Hello from voxgate.","voice":"{DEMO_VOICE}"}}'
+    body = f'{{"model":"tts-1","input":"Hello from voxgate.","voice":"{DEMO_VOICE}","response_format":"mp3"}}'
     curl = " ".join([
         "curl -sS --fail-with-body", f"http://127.0.0.1:{params.listen_port}/v1/audio/speech",
         "-H", shlex.quote(f"Authorization: Bearer {token}"),
         "-H", shlex.quote("Content-Type: application/json"),
-        "-d", shlex.quote(body), "-o hello.wav"])
+        "-d", shlex.quote(body), "-o hello.mp3"])
     return "\n".join([
         f"voxgate is running: Envoy http://127.0.0.1:{params.listen_port} "
         f"(admin http://127.0.0.1:{params.admin_port}), sidecar {sidecar_url}",

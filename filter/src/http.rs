@@ -739,7 +739,7 @@ mod tests {
                 "forward_claims": {"plan": "x-voxgate-plan"},
                 "failed_auth": {"capacity": 3, "refill_per_second": 1.0}
             },
-            "text": {"max_body_bytes": 256, "max_chars": 40, "voices": ["joe"], "response_formats": ["wav"],
+            "text": {"max_body_bytes": 256, "max_chars": 40, "voices": ["joe"], "response_formats": ["mp3", "wav"],
                      "deny_patterns": ["(?i)forbidden"]},
             "rate_limits": {
                 "default_plan": "free",

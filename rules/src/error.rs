@@ -17,7 +17,12 @@ pub struct RuleError {
 impl RuleError {
     /// 400 for field `param`.
     pub fn invalid(param: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        RuleError { status: 400, code, message: message.into(), param: Some(param) }
+        RuleError {
+            status: 400,
+            code,
+            message: message.into(),
+            param: Some(param),
+        }
     }
 }
 
@@ -47,12 +52,14 @@ mod tests {
 
     #[test]
     fn body_has_the_openai_shape_with_param() {
-        let body: serde_json::Value = serde_json::from_str(&error_body(400, "unknown_voice", "no", Some("voice"))).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&error_body(400, "unknown_voice", "no", Some("voice"))).unwrap();
         assert_eq!(
             body,
             json!({"error": {"type": "invalid_request_error", "code": "unknown_voice", "message": "no", "param": "voice"}})
         );
-        let body: serde_json::Value = serde_json::from_str(&error_body(429, "rate_limited", "wait", None)).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&error_body(429, "rate_limited", "wait", None)).unwrap();
         assert_eq!(body["error"]["type"], "rate_limit_error");
         assert!(body["error"]["param"].is_null());
         assert_eq!(error_type(503), "server_error");

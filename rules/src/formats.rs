@@ -20,8 +20,13 @@ pub enum ResponseFormat {
 const NOT_PRODUCED: &[&str] = &["aac"];
 
 impl ResponseFormat {
-    pub const ALL: [ResponseFormat; 5] =
-        [ResponseFormat::Mp3, ResponseFormat::Opus, ResponseFormat::Flac, ResponseFormat::Wav, ResponseFormat::Pcm];
+    pub const ALL: [ResponseFormat; 5] = [
+        ResponseFormat::Mp3,
+        ResponseFormat::Opus,
+        ResponseFormat::Flac,
+        ResponseFormat::Wav,
+        ResponseFormat::Pcm,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,15 +48,11 @@ impl ResponseFormat {
         }
     }
 
-    /// Whether audio can leave before the whole text is synthesized. A FLAC file's header
-    /// carries totals, so a streamed FLAC request gets the whole file at the end.
-    pub fn streams(self) -> bool {
-        self != ResponseFormat::Flac
-    }
-
     /// A format name, case-insensitive, without a check of the request field.
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(name))
     }
 
     /// `response_format`; absent means mp3, as OpenAI.
@@ -116,30 +117,56 @@ mod tests {
         assert_eq!(ResponseFormat::parse(None), Ok(ResponseFormat::Mp3));
         for format in ResponseFormat::ALL {
             assert_eq!(ResponseFormat::parse(Some(format.name())), Ok(format));
-            assert_eq!(ResponseFormat::parse(Some(&format.name().to_uppercase())), Ok(format));
+            assert_eq!(
+                ResponseFormat::parse(Some(&format.name().to_uppercase())),
+                Ok(format)
+            );
         }
         assert_eq!(ResponseFormat::Opus.content_type(), "audio/ogg");
-        assert!(!ResponseFormat::Flac.streams() && ResponseFormat::Mp3.streams());
     }
 
     #[test]
     fn unsupported_formats_name_the_supported_set() {
         for bad in ["aac", "ogg", ""] {
             let error = ResponseFormat::parse(Some(bad)).unwrap_err();
-            assert_eq!((error.status, error.code, error.param), (400, "unsupported_response_format", Some("response_format")));
-            assert!(error.message.ends_with("use one of mp3, opus, flac, wav, pcm"), "{}", error.message);
+            assert_eq!(
+                (error.status, error.code, error.param),
+                (400, "unsupported_response_format", Some("response_format"))
+            );
+            assert!(
+                error
+                    .message
+                    .ends_with("use one of mp3, opus, flac, wav, pcm"),
+                "{}",
+                error.message
+            );
         }
-        assert!(ResponseFormat::parse(Some("aac")).unwrap_err().message.contains("not produced"));
+        assert!(ResponseFormat::parse(Some("aac"))
+            .unwrap_err()
+            .message
+            .contains("not produced"));
     }
 
     #[test]
     fn stream_options() {
         assert_eq!(StreamMode::parse(None, None), Ok(StreamMode::Off));
         assert_eq!(StreamMode::parse(Some(true), None), Ok(StreamMode::Audio));
-        assert_eq!(StreamMode::parse(None, Some("audio")), Ok(StreamMode::Audio));
-        assert_eq!(StreamMode::parse(Some(false), Some("audio")), Ok(StreamMode::Off));
+        assert_eq!(
+            StreamMode::parse(None, Some("audio")),
+            Ok(StreamMode::Audio)
+        );
+        assert_eq!(
+            StreamMode::parse(Some(false), Some("audio")),
+            Ok(StreamMode::Off)
+        );
         assert_eq!(StreamMode::parse(None, Some("sse")), Ok(StreamMode::Sse));
-        assert_eq!(StreamMode::parse(Some(false), Some("sse")), Ok(StreamMode::Sse));
-        assert_eq!(StreamMode::parse(None, Some("events")).unwrap_err().code, "unsupported_stream_format");
+        assert_eq!(
+            StreamMode::parse(Some(false), Some("sse")),
+            Ok(StreamMode::Sse)
+        );
+        assert_eq!(
+            StreamMode::parse(None, Some("events")).unwrap_err().code,
+            "unsupported_stream_format"
+        );
     }
 }

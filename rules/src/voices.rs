@@ -10,7 +10,8 @@ use crate::error::RuleError;
 /// OpenAI's built-in voice names. Each is an alias: of the voice the operator's table names,
 /// else of the default voice.
 pub const OPENAI_VOICES: &[&str] = &[
-    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse",
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+    "shimmer", "verse",
 ];
 
 /// `model` values that mean "the voice the request names"; any other `model` must be a voice.
@@ -47,7 +48,9 @@ impl VoiceTable {
     ) -> Result<Self, String> {
         let known = |name: &str| voices.is_empty() || voices.iter().any(|v| v == name);
         if let Some(default) = default_voice.as_deref().filter(|d| !known(d)) {
-            return Err(format!("default voice `{default}` is not one of the voices"));
+            return Err(format!(
+                "default voice `{default}` is not one of the voices"
+            ));
         }
         for (alias, target) in &aliases {
             if alias.trim().is_empty() {
@@ -57,22 +60,33 @@ impl VoiceTable {
                 return Err(format!("alias `{alias}` is also the name of a voice"));
             }
             if !known(target) {
-                return Err(format!("alias `{alias}` names `{target}`, which is not one of the voices"));
+                return Err(format!(
+                    "alias `{alias}` names `{target}`, which is not one of the voices"
+                ));
             }
         }
-        Ok(VoiceTable { voices, default_voice, aliases, allowed })
+        Ok(VoiceTable {
+            voices,
+            default_voice,
+            aliases,
+            allowed,
+        })
     }
 
     /// What `name` means as an alias, if it is one.
     fn alias(&self, name: &str) -> Option<Resolved<'_>> {
         match self.aliases.get_key_value(name) {
             Some((_, target)) => Some(Resolved::Voice(target)),
-            None => OPENAI_VOICES.contains(&name).then_some(self.default_choice()),
+            None => OPENAI_VOICES
+                .contains(&name)
+                .then_some(self.default_choice()),
         }
     }
 
     fn default_choice(&self) -> Resolved<'_> {
-        self.default_voice.as_deref().map_or(Resolved::Default, Resolved::Voice)
+        self.default_voice
+            .as_deref()
+            .map_or(Resolved::Default, Resolved::Voice)
     }
 
     fn is_voice(&self, name: &str) -> bool {
@@ -91,9 +105,15 @@ impl VoiceTable {
     /// Every alias with the voice it means: the operator's, then the OpenAI names left to the
     /// default voice (`None` where its name is unknown).
     pub fn aliases(&self) -> BTreeMap<&str, Option<&str>> {
-        let mut table: BTreeMap<&str, Option<&str>> =
-            OPENAI_VOICES.iter().map(|name| (*name, self.default_voice.as_deref())).collect();
-        table.extend(self.aliases.iter().map(|(alias, target)| (alias.as_str(), Some(target.as_str()))));
+        let mut table: BTreeMap<&str, Option<&str>> = OPENAI_VOICES
+            .iter()
+            .map(|name| (*name, self.default_voice.as_deref()))
+            .collect();
+        table.extend(
+            self.aliases
+                .iter()
+                .map(|(alias, target)| (alias.as_str(), Some(target.as_str()))),
+        );
         table
     }
 
@@ -102,11 +122,17 @@ impl VoiceTable {
     /// `model` is a model name or a voice. `voice` is a voice or an alias; an alias means the
     /// voice named in `model` when there is one, else the alias's voice; no `voice` is the
     /// same as an alias. A voice outside the allowlist is refused whichever field named it.
-    pub fn resolve<'a>(&'a self, voice: Option<&'a str>, model: Option<&'a str>) -> Result<Resolved<'a>, RuleError> {
+    pub fn resolve<'a>(
+        &'a self,
+        voice: Option<&'a str>,
+        model: Option<&'a str>,
+    ) -> Result<Resolved<'a>, RuleError> {
         let model_voice = match model {
             None => None,
             Some(name) if MODEL_NAMES.contains(&name) => None,
-            Some(name) if self.is_voice(name) && self.is_allowed(Resolved::Voice(name)) => Some(name),
+            Some(name) if self.is_voice(name) && self.is_allowed(Resolved::Voice(name)) => {
+                Some(name)
+            }
             Some(_) => return Err(unknown_model()),
         };
         let resolved = match voice {
@@ -130,7 +156,10 @@ fn unknown_model() -> RuleError {
     RuleError::invalid(
         "model",
         "unknown_model",
-        format!("`model` must be one of {} or the name of an available voice (GET /v1/models)", MODEL_NAMES.join(", ")),
+        format!(
+            "`model` must be one of {} or the name of an available voice (GET /v1/models)",
+            MODEL_NAMES.join(", ")
+        ),
     )
 }
 
@@ -151,8 +180,17 @@ mod tests {
     }
 
     fn table(allowed: &[&str]) -> VoiceTable {
-        let aliases = BTreeMap::from([("nova".to_string(), "b".to_string()), ("narrator".to_string(), "c".to_string())]);
-        VoiceTable::new(names(&["a", "b", "c"]), Some("a".into()), aliases, names(allowed)).unwrap()
+        let aliases = BTreeMap::from([
+            ("nova".to_string(), "b".to_string()),
+            ("narrator".to_string(), "c".to_string()),
+        ]);
+        VoiceTable::new(
+            names(&["a", "b", "c"]),
+            Some("a".into()),
+            aliases,
+            names(allowed),
+        )
+        .unwrap()
     }
 
     fn code(result: Result<Resolved<'_>, RuleError>) -> (&'static str, Option<&'static str>) {
@@ -165,7 +203,11 @@ mod tests {
         let t = table(&[]);
         for name in OPENAI_VOICES {
             let expected = if *name == "nova" { "b" } else { "a" };
-            assert_eq!(t.resolve(Some(name), Some("tts-1")), Ok(Resolved::Voice(expected)), "{name}");
+            assert_eq!(
+                t.resolve(Some(name), Some("tts-1")),
+                Ok(Resolved::Voice(expected)),
+                "{name}"
+            );
         }
         assert_eq!(t.resolve(Some("narrator"), None), Ok(Resolved::Voice("c")));
         assert_eq!(t.resolve(None, None), Ok(Resolved::Voice("a")));
@@ -177,13 +219,33 @@ mod tests {
     #[test]
     fn voices_models_and_their_refusals() {
         let t = table(&[]);
-        assert_eq!(t.resolve(Some("c"), Some("tts-1-hd")), Ok(Resolved::Voice("c")));
-        assert_eq!(t.resolve(Some("alloy"), Some("b")), Ok(Resolved::Voice("b")), "an alias defers to the model's voice");
+        assert_eq!(
+            t.resolve(Some("c"), Some("tts-1-hd")),
+            Ok(Resolved::Voice("c"))
+        );
+        assert_eq!(
+            t.resolve(Some("alloy"), Some("b")),
+            Ok(Resolved::Voice("b")),
+            "an alias defers to the model's voice"
+        );
         assert_eq!(t.resolve(None, Some("c")), Ok(Resolved::Voice("c")));
-        assert_eq!(t.resolve(Some("a"), Some("c")), Ok(Resolved::Voice("a")), "a named voice wins");
-        assert_eq!(code(t.resolve(Some("zed"), None)), ("unknown_voice", Some("voice")));
-        assert_eq!(code(t.resolve(Some("ALLOY"), None)), ("unknown_voice", Some("voice")));
-        assert_eq!(code(t.resolve(Some("a"), Some("gpt-5"))), ("unknown_model", Some("model")));
+        assert_eq!(
+            t.resolve(Some("a"), Some("c")),
+            Ok(Resolved::Voice("a")),
+            "a named voice wins"
+        );
+        assert_eq!(
+            code(t.resolve(Some("zed"), None)),
+            ("unknown_voice", Some("voice"))
+        );
+        assert_eq!(
+            code(t.resolve(Some("ALLOY"), None)),
+            ("unknown_voice", Some("voice"))
+        );
+        assert_eq!(
+            code(t.resolve(Some("a"), Some("gpt-5"))),
+            ("unknown_model", Some("model"))
+        );
     }
 
     #[test]
@@ -191,31 +253,72 @@ mod tests {
         let t = table(&["b"]);
         assert_eq!(t.resolve(Some("b"), None), Ok(Resolved::Voice("b")));
         assert_eq!(t.resolve(Some("nova"), None), Ok(Resolved::Voice("b")));
-        assert_eq!(code(t.resolve(Some("c"), None)), ("unknown_voice", Some("voice")));
-        assert_eq!(code(t.resolve(None, Some("c"))), ("unknown_model", Some("model")), "model cannot bypass it");
-        assert_eq!(code(t.resolve(Some("alloy"), Some("c"))), ("unknown_model", Some("model")));
-        assert_eq!(code(t.resolve(Some("alloy"), None)), ("unknown_voice", Some("voice")), "the default is not allowed");
-        assert_eq!(code(t.resolve(None, None)), ("unknown_voice", Some("voice")));
+        assert_eq!(
+            code(t.resolve(Some("c"), None)),
+            ("unknown_voice", Some("voice"))
+        );
+        assert_eq!(
+            code(t.resolve(None, Some("c"))),
+            ("unknown_model", Some("model")),
+            "model cannot bypass it"
+        );
+        assert_eq!(
+            code(t.resolve(Some("alloy"), Some("c"))),
+            ("unknown_model", Some("model"))
+        );
+        assert_eq!(
+            code(t.resolve(Some("alloy"), None)),
+            ("unknown_voice", Some("voice")),
+            "the default is not allowed"
+        );
+        assert_eq!(
+            code(t.resolve(None, None)),
+            ("unknown_voice", Some("voice"))
+        );
     }
 
     #[test]
     fn without_a_catalog_names_are_taken_as_given() {
         let t = VoiceTable::default();
-        assert_eq!(t.resolve(Some("anything"), None), Ok(Resolved::Voice("anything")));
+        assert_eq!(
+            t.resolve(Some("anything"), None),
+            Ok(Resolved::Voice("anything"))
+        );
         assert_eq!(t.resolve(Some("alloy"), None), Ok(Resolved::Default));
-        assert_eq!(t.resolve(None, Some("some-voice")), Ok(Resolved::Voice("some-voice")));
+        assert_eq!(
+            t.resolve(None, Some("some-voice")),
+            Ok(Resolved::Voice("some-voice"))
+        );
         let restricted = VoiceTable::new(vec![], None, BTreeMap::new(), names(&["a"])).unwrap();
-        assert_eq!(code(restricted.resolve(None, Some("b"))), ("unknown_model", Some("model")));
-        assert_eq!(restricted.resolve(Some("alloy"), None), Ok(Resolved::Default));
+        assert_eq!(
+            code(restricted.resolve(None, Some("b"))),
+            ("unknown_model", Some("model"))
+        );
+        assert_eq!(
+            restricted.resolve(Some("alloy"), None),
+            Ok(Resolved::Default)
+        );
     }
 
     #[test]
     fn bad_tables_are_named() {
         let voices = names(&["a"]);
         let alias = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
-        assert!(VoiceTable::new(voices.clone(), Some("x".into()), BTreeMap::new(), vec![]).unwrap_err().contains("`x`"));
-        assert!(VoiceTable::new(voices.clone(), None, alias("alloy", "x"), vec![]).unwrap_err().contains("alias `alloy`"));
-        assert!(VoiceTable::new(voices.clone(), None, alias("a", "a"), vec![]).unwrap_err().contains("also the name"));
+        assert!(
+            VoiceTable::new(voices.clone(), Some("x".into()), BTreeMap::new(), vec![])
+                .unwrap_err()
+                .contains("`x`")
+        );
+        assert!(
+            VoiceTable::new(voices.clone(), None, alias("alloy", "x"), vec![])
+                .unwrap_err()
+                .contains("alias `alloy`")
+        );
+        assert!(
+            VoiceTable::new(voices.clone(), None, alias("a", "a"), vec![])
+                .unwrap_err()
+                .contains("also the name")
+        );
         assert!(VoiceTable::new(voices, None, alias(" ", "a"), vec![]).is_err());
     }
 }

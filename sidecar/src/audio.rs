@@ -1,5 +1,5 @@
-//! Audio encodings the API returns: raw 16-bit little-endian PCM and WAV (mono), including
-//! the open-ended WAV header used for streaming.
+//! Raw audio: 16-bit little-endian mono PCM, and WAV around it, including the open-ended
+//! WAV header used for streaming (the other formats are in `encode`).
 
 use std::time::Duration;
 
@@ -14,22 +14,6 @@ pub const WAV_HEADER_LEN: usize = 44;
 /// known when the header leaves. Readers such as libsndfile, ffmpeg and Python's `wave` then
 /// read samples until the end of the stream.
 pub const STREAMING_CHUNK_SIZE: u32 = u32::MAX;
-
-/// The encodings a speech request may ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioFormat {
-    Wav,
-    Pcm,
-}
-
-impl AudioFormat {
-    pub fn content_type(self) -> &'static str {
-        match self {
-            AudioFormat::Wav => "audio/wav",
-            AudioFormat::Pcm => "audio/pcm",
-        }
-    }
-}
 
 /// Converts samples in [-1, 1] to signed 16-bit little-endian bytes, appending to `out`.
 /// Values outside the range are clipped rather than wrapped.

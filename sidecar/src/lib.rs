@@ -18,5 +18,6 @@ pub mod admission;
 pub mod api;
 pub mod audio;
 pub mod config;
+pub mod encode;
 pub mod memory;
 pub mod metrics;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use voxgate_rules::{Resolved, VoiceTable};
+use voxgate_rules::{Resolved, ResponseFormat, RuleError, StreamMode, VoiceTable};
 
 use crate::config::ConfigError;
 use crate::decision::Rejection;
@@ -57,7 +57,7 @@ pub struct TextRules {
     /// The sidecar's voices, as its `GET /v1/audio/voices` lists them (rendered into this
     /// configuration by `tools/render_envoy.py`); empty: any voice name is let through.
     pub catalog: Catalog,
-    /// Allowed `response_format` values; empty allows any.
+    /// Allowed `response_format` values, of those the sidecar produces; empty allows all.
     pub response_formats: Vec<String>,
     pub min_speed: f64,
     pub max_speed: f64,
@@ -102,7 +102,7 @@ pub struct TextValidator {
     max_body_bytes: usize,
     text: TextPolicy,
     voices: VoiceTable,
-    response_formats: Vec<String>,
+    response_formats: Vec<ResponseFormat>,
     min_speed: f64,
     max_speed: f64,
 }
@@ -123,6 +123,19 @@ impl TextRules {
         let voices = VoiceTable::new(self.catalog.voices, self.catalog.default_voice, self.catalog.aliases, self.voices)
             .map_err(|problem| ConfigError::new("text.catalog", problem))?;
         check_names(&self.response_formats, "text.response_formats")?;
+        let response_formats = self
+            .response_formats
+            .iter()
+            .enumerate()
+            .map(|(index, name)| {
+                ResponseFormat::from_name(name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("text.response_formats[{index}]"),
+                        format!("must be one of {}", voxgate_rules::formats::supported_list()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
         if !(self.min_speed.is_finite() && self.min_speed > 0.0) {
             return Err(ConfigError::new("text.min_speed", "must be a number above 0"));
         }
@@ -133,7 +146,7 @@ impl TextRules {
             max_body_bytes: self.max_body_bytes,
             text: TextPolicy::new(self.max_chars, self.allow_control_chars, &self.deny_patterns)?,
             voices,
-            response_formats: self.response_formats,
+            response_formats,
             min_speed: self.min_speed,
             max_speed: self.max_speed,
         })
@@ -191,9 +204,10 @@ fn json_number(map: &Map<String, Value>, name: &str) -> Result<Option<f64>, Reje
     }
 }
 
-fn json_bool(map: &Map<String, Value>, name: &str) -> Result<(), Rejection> {
+fn json_bool(map: &Map<String, Value>, name: &str) -> Result<Option<bool>, Rejection> {
     match map.get(name) {
-        None | Some(Value::Null) | Some(Value::Bool(_)) => Ok(()),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(_) => Err(invalid_field(name, "true or false")),
     }
 }
@@ -292,14 +306,14 @@ impl TextValidator {
     /// clients send them; the sidecar ignores what it does not know.
     fn openai(&self, map: &Map<String, Value>) -> Result<SpeechRequest, Rejection> {
         let input = json_required_string(map, "input")?;
-        if let Some(format) = json_string(map, "response_format")? {
-            if !self.response_formats.is_empty() && !self.response_formats.iter().any(|f| f == format) {
-                return Err(Rejection::new(
-                    400,
-                    "unsupported_response_format",
-                    format!("`response_format` must be one of: {}", self.response_formats.join(", ")),
-                ));
-            }
+        let format = ResponseFormat::parse(json_string(map, "response_format")?)?;
+        if !self.response_formats.is_empty() && !self.response_formats.contains(&format) {
+            let allowed: Vec<&str> = self.response_formats.iter().map(|f| f.name()).collect();
+            return Err(Rejection::from(RuleError::invalid(
+                "response_format",
+                "unsupported_response_format",
+                format!("`response_format` must be one of: {}", allowed.join(", ")),
+            )));
         }
         if let Some(speed) = json_number(map, "speed")? {
             if !(self.min_speed..=self.max_speed).contains(&speed) {
@@ -310,7 +324,7 @@ impl TextValidator {
                 ));
             }
         }
-        json_bool(map, "stream")?;
+        StreamMode::parse(json_bool(map, "stream")?, json_string(map, "stream_format")?)?;
         let voice = self.voice(json_string(map, "voice")?, json_string(map, "model")?)?;
         let chars = self.text.check("input", input)?;
         Ok(SpeechRequest { chars, voice })

@@ -18,7 +18,7 @@ fn validator() -> TextValidator {
     TextRules {
         deny_patterns: vec!["(?i)forbidden phrase".into()],
         catalog: catalog(),
-        response_formats: vec!["wav".into(), "pcm".into()],
+        response_formats: vec!["mp3".into(), "wav".into(), "pcm".into()],
         ..TextRules::default()
     }
     .compile()
@@ -85,7 +85,11 @@ fn openai_field_rules() {
     assert_eq!(status_code(openai(r#"{"input": "a", "speed": "1.0"}"#)), (400, "invalid_field"));
     assert_eq!(status_code(openai(r#"{"input": "a", "stream": "yes"}"#)), (400, "invalid_field"));
     assert_eq!(status_code(openai(r#"{"input": "a", "voice": "EN_US-JOE-MEDIUM"}"#)), (400, "unknown_voice"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "mp3"}"#)), (400, "unsupported_response_format"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "flac"}"#)), (400, "unsupported_response_format"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "aac"}"#)), (400, "unsupported_response_format"));
+    assert!(openai(r#"{"input": "a", "response_format": "MP3"}"#).is_ok());
+    assert_eq!(status_code(openai(r#"{"input": "a", "stream_format": "events"}"#)), (400, "unsupported_stream_format"));
+    assert!(openai(r#"{"input": "a", "stream_format": "sse"}"#).is_ok());
     assert_eq!(status_code(openai(r#"{"input": "a", "speed": 0.2}"#)), (400, "speed_out_of_range"));
     assert_eq!(status_code(openai(r#"{"input": "a", "speed": 4.01}"#)), (400, "speed_out_of_range"));
     assert!(openai(r#"{"input": "a", "speed": 0.25}"#).is_ok());

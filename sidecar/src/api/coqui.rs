@@ -3,7 +3,6 @@
 //! first, then query string, then a form or JSON body), answered with a WAV file. The
 //! extra `voice` parameter picks a voice other than the default.
 
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Uri};
@@ -15,8 +14,8 @@ use super::extract::{self, BodyKind};
 use super::speech::{self, SpeechRequest};
 use super::state::{AppState, LoadedVoices};
 use super::VoiceLabel;
-use crate::audio::AudioFormat;
 use crate::tenants::Tenant;
+use voxgate_rules::{ResponseFormat, StreamMode};
 
 /// The parameters, each from the first source that has it.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -147,7 +146,10 @@ async fn read_params(
 
 fn resolve(params: CoquiParams, voices: &LoadedVoices) -> Result<SpeechRequest, ApiError> {
     // An empty `voice`, as forms send it, is no voice.
-    let voice = voices.resolve(params.voice.as_deref().filter(|name| !name.is_empty()), None)?;
+    let voice = voices.resolve(
+        params.voice.as_deref().filter(|name| !name.is_empty()),
+        None,
+    )?;
     if let Some(language) = params
         .language_id
         .as_deref()
@@ -170,8 +172,8 @@ fn resolve(params: CoquiParams, voices: &LoadedVoices) -> Result<SpeechRequest, 
         options: speech::options_for(&voice, speaker, 1.0),
         voice,
         text: params.text.unwrap_or_default(),
-        format: AudioFormat::Wav,
-        stream: false,
+        format: ResponseFormat::Wav,
+        stream: StreamMode::Off,
     })
 }
 

@@ -198,7 +198,8 @@ impl IntoResponse for ApiError {
             self.param,
         );
         let content_type = HeaderValue::from_static("application/json");
-        let mut response = (self.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+        let mut response =
+            (self.status, [(header::CONTENT_TYPE, content_type)], body).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()

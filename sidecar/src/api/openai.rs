@@ -15,10 +15,8 @@ use super::extract::{self, BodyKind};
 use super::speech::{self, SpeechRequest};
 use super::state::{AppState, LoadedVoices};
 use super::VoiceLabel;
-use crate::audio::AudioFormat;
 use crate::tenants::Tenant;
-
-const KNOWN_UNSUPPORTED_FORMATS: &[&str] = &["mp3", "opus", "aac", "flac"];
+use voxgate_rules::{ResponseFormat, StreamMode};
 
 /// The fields of a speech request once their types and ranges are checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,9 +25,9 @@ struct SpeechFields {
     input: String,
     voice: Option<String>,
     speaker: Option<String>,
-    format: AudioFormat,
+    format: ResponseFormat,
     speed: f32,
-    stream: bool,
+    stream: StreamMode,
 }
 
 pub async fn speech(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -84,8 +82,8 @@ fn parse_fields(
         .ok_or_else(|| ApiError::invalid_param("input", "missing_field", "`input` is required"))?;
     speech::check_input(input, "input", max_input_chars)?;
     let speed = speech::check_speed(extract::json_f64(map, "speed")?.unwrap_or(1.0))?;
-    let format = parse_format(extract::json_str(map, "response_format")?)?;
-    let stream = parse_stream(
+    let format = ResponseFormat::parse(extract::json_str(map, "response_format")?)?;
+    let stream = StreamMode::parse(
         extract::json_bool(map, "stream")?,
         extract::json_str(map, "stream_format")?,
     )?;
@@ -98,40 +96,6 @@ fn parse_fields(
         speed,
         stream,
     })
-}
-
-/// `wav` is the default because OpenAI's default, `mp3`, is not produced here.
-fn parse_format(format: Option<&str>) -> Result<AudioFormat, ApiError> {
-    match format.map(str::to_ascii_lowercase).as_deref() {
-        None | Some("wav") => Ok(AudioFormat::Wav),
-        Some("pcm") => Ok(AudioFormat::Pcm),
-        Some(other) => {
-            let known = if KNOWN_UNSUPPORTED_FORMATS.contains(&other) {
-                "is not produced by this service"
-            } else {
-                "is not a known format"
-            };
-            Err(ApiError::invalid_param(
-                "response_format",
-                "unsupported_response_format",
-                format!("`response_format` {known}; use `wav` or `pcm`"),
-            ))
-        }
-    }
-}
-
-/// Streaming is asked for with `"stream": true` or `"stream_format": "audio"`; server-sent
-/// events (`"sse"`) are not offered.
-fn parse_stream(stream: Option<bool>, stream_format: Option<&str>) -> Result<bool, ApiError> {
-    match stream_format {
-        None => Ok(stream.unwrap_or(false)),
-        Some("audio") => Ok(stream.unwrap_or(true)),
-        Some(_) => Err(ApiError::invalid_param(
-            "stream_format",
-            "unsupported_stream_format",
-            "`stream_format` must be `audio`; server-sent events are not offered",
-        )),
-    }
 }
 
 /// Picks the voice by the shared rules (`voxgate_rules::voices`), then the speaker.
@@ -169,9 +133,9 @@ mod tests {
                 input: "Hello.".to_owned(),
                 voice: None,
                 speaker: None,
-                format: AudioFormat::Wav,
+                format: ResponseFormat::Mp3,
                 speed: 1.0,
-                stream: false,
+                stream: StreamMode::Off,
             }
         );
     }
@@ -186,9 +150,9 @@ mod tests {
         assert_eq!(fields.model.as_deref(), Some("tts-1"));
         assert_eq!(fields.voice.as_deref(), Some("alloy"));
         assert_eq!(fields.speaker.as_deref(), Some("2"));
-        assert_eq!(fields.format, AudioFormat::Pcm);
+        assert_eq!(fields.format, ResponseFormat::Pcm);
         assert_eq!(fields.speed, 1.5);
-        assert!(fields.stream);
+        assert_eq!(fields.stream, StreamMode::Audio);
     }
 
     #[test]
@@ -203,7 +167,7 @@ mod tests {
             (json!({"input": "Hi.", "speed": 0.1}), "invalid_speed"),
             (json!({"input": "Hi.", "speed": "fast"}), "invalid_type"),
             (
-                json!({"input": "Hi.", "response_format": "mp3"}),
+                json!({"input": "Hi.", "response_format": "aac"}),
                 "unsupported_response_format",
             ),
             (
@@ -212,7 +176,7 @@ mod tests {
             ),
             (json!({"input": "Hi.", "stream": "yes"}), "invalid_type"),
             (
-                json!({"input": "Hi.", "stream_format": "sse"}),
+                json!({"input": "Hi.", "stream_format": "events"}),
                 "unsupported_stream_format",
             ),
             (json!({"input": "Hi.", "speaker": -1}), "invalid_type"),
@@ -222,13 +186,5 @@ mod tests {
             let shown = body.to_string();
             assert_eq!(parse(body).unwrap_err().code(), code, "{shown}");
         }
-    }
-
-    #[test]
-    fn stream_format_audio_turns_streaming_on() {
-        assert!(parse_stream(None, Some("audio")).expect("audio"));
-        assert!(!parse_stream(Some(false), Some("audio")).expect("explicit off"));
-        assert!(parse_stream(Some(true), None).expect("stream flag"));
-        assert!(!parse_stream(None, None).expect("default"));
     }
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use futures_util::stream::{self, StreamExt};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{timeout_at, Instant};
@@ -17,7 +20,7 @@ use tokio::time::{timeout_at, Instant};
 use super::errors::ApiError;
 use super::state::AppState;
 use super::synthesis::{self, Chunk, JobError, SynthesisJob, TextDigest};
-use crate::audio::{self, AudioFormat};
+use crate::encode::Encoder;
 use crate::inference::Interrupt;
 use crate::metrics;
 use crate::phonemize::PhonemizeError;
@@ -25,6 +28,7 @@ use crate::tenants::{Charge, Refusal, Tenant};
 use crate::text::split_sentences;
 use crate::utterance::{self, Script};
 use crate::voice::{SynthesisError, SynthesisOptions, Voice};
+use voxgate_rules::{ResponseFormat, StreamMode};
 
 pub const MIN_SPEED: f64 = 0.25;
 pub const MAX_SPEED: f64 = 4.0;
@@ -41,8 +45,8 @@ pub struct SpeechRequest {
     pub voice: Arc<Voice>,
     pub text: String,
     pub options: SynthesisOptions,
-    pub format: AudioFormat,
-    pub stream: bool,
+    pub format: ResponseFormat,
+    pub stream: StreamMode,
 }
 
 /// Checks the input text: present, not blank, within the character limit, and free of
@@ -226,19 +230,33 @@ async fn answer(
         Some(first) => first,
         None => return Err(ended_without_audio()),
     };
-    if request.stream {
+    let mut encoder = Encoder::new(
+        request.format,
+        sample_rate,
+        request.stream != StreamMode::Off,
+    )
+    .map_err(encoding_failed)?;
+    if request.stream != StreamMode::Off {
+        let first = encoder.push(&first).map_err(encoding_failed)?;
         return Ok(streaming_response(
             request.format,
+            request.stream,
             sample_rate,
             first,
             chunks,
+            encoder,
         ));
     }
-    let mut pcm = first.to_vec();
+    let mut audio = encoder.push(&first).map_err(encoding_failed)?;
     while let Some(chunk) = next_chunk(&mut chunks, deadline).await? {
-        pcm.extend_from_slice(&chunk);
+        audio.extend(encoder.push(&chunk).map_err(encoding_failed)?);
     }
-    Ok(complete_response(request.format, sample_rate, pcm))
+    audio.extend(encoder.finish().map_err(encoding_failed)?);
+    Ok(audio_response(
+        request.format.content_type(),
+        sample_rate,
+        Body::from(audio),
+    ))
 }
 
 /// Splits and phonemizes the text (on the blocking pool: the phonemizer waits on pipes).
@@ -336,45 +354,70 @@ fn ended_without_audio() -> ApiError {
     )
 }
 
-fn complete_response(format: AudioFormat, sample_rate: u32, pcm: Vec<u8>) -> Response {
-    let body = match format {
-        AudioFormat::Wav => audio::wav_file(sample_rate, &pcm),
-        AudioFormat::Pcm => pcm,
-    };
-    audio_response(format, sample_rate, Body::from(body))
+fn encoding_failed(error: crate::encode::EncodeError) -> ApiError {
+    tracing::error!(%error, "encoding failed");
+    ApiError::internal(
+        "encoding_failed",
+        "encoding the audio failed; see the service log",
+    )
 }
 
-/// The first chunk is already synthesized, so the status line and headers leave together
-/// with audio; later sentences follow as they are produced. An error after the first chunk
-/// can only cut the stream short, which the client sees as a truncated chunked body.
+type StreamError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The first chunk is already synthesized and encoded, so the status line and headers leave
+/// together with audio; later sentences follow as they are produced and encoded, then what
+/// the encoder holds back. An error after the first chunk can only cut the stream short,
+/// which the client sees as a truncated chunked body. `sse` wraps each piece of audio in a
+/// `speech.audio.delta` event and ends with `speech.audio.done`.
 fn streaming_response(
-    format: AudioFormat,
+    format: ResponseFormat,
+    mode: StreamMode,
     sample_rate: u32,
-    first: Bytes,
+    first: Vec<u8>,
     rest: UnboundedReceiver<Chunk>,
+    encoder: Encoder,
 ) -> Response {
-    let first = match format {
-        AudioFormat::Wav => {
-            let mut with_header = audio::wav_header(sample_rate, None).to_vec();
-            with_header.extend_from_slice(&first);
-            Bytes::from(with_header)
-        }
-        AudioFormat::Pcm => first,
-    };
-    let rest = stream::unfold(rest, |mut rest| async move {
-        rest.recv().await.map(|chunk| (chunk, rest))
+    let later = stream::unfold((rest, Some(encoder)), |(mut rest, encoder)| async move {
+        let mut encoder = encoder?;
+        let piece = match rest.recv().await {
+            Some(Ok(chunk)) => encoder.push(&chunk).map_err(StreamError::from),
+            Some(Err(error)) => Err(StreamError::from(error)),
+            None => {
+                let tail = encoder.finish().map_err(StreamError::from);
+                return Some((tail, (rest, None)));
+            }
+        };
+        Some((piece, (rest, Some(encoder))))
     });
-    let body = stream::once(async move { Ok::<_, JobError>(first) }).chain(rest);
-    audio_response(format, sample_rate, Body::from_stream(body))
+    let audio = stream::once(async move { Ok::<_, StreamError>(first) })
+        .chain(later)
+        .filter(|piece| std::future::ready(!matches!(piece, Ok(bytes) if bytes.is_empty())));
+    if mode == StreamMode::Sse {
+        let events = audio
+            .map(|piece| {
+                piece.map(|bytes| {
+                    sse_event(&json!({"type": "speech.audio.delta", "audio": BASE64.encode(bytes)}))
+                })
+            })
+            .chain(stream::once(async {
+                Ok(sse_event(&json!({"type": "speech.audio.done"})))
+            }));
+        return audio_response(SSE_CONTENT_TYPE, sample_rate, Body::from_stream(events));
+    }
+    let audio = audio.map(|piece| piece.map(Bytes::from));
+    audio_response(format.content_type(), sample_rate, Body::from_stream(audio))
 }
 
-fn audio_response(format: AudioFormat, sample_rate: u32, body: Body) -> Response {
+const SSE_CONTENT_TYPE: &str = "text/event-stream";
+
+fn sse_event(event: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("data: {event}\n\n"))
+}
+
+fn audio_response(content_type: &'static str, sample_rate: u32, body: Body) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(SAMPLE_RATE_HEADER, HeaderValue::from(sample_rate));
     response
 }

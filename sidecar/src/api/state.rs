@@ -54,7 +54,11 @@ impl LoadedVoices {
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("the voices folder holds no voice"))?,
         };
-        let names = catalog.voices().iter().map(|v| v.info().name.clone()).collect();
+        let names = catalog
+            .voices()
+            .iter()
+            .map(|v| v.info().name.clone())
+            .collect();
         let default = Some(default_voice.info().name.clone());
         let table = VoiceTable::new(names, default, aliases, Vec::new())
             .map_err(|problem| anyhow::anyhow!("voice aliases: {problem}"))?;
@@ -66,7 +70,11 @@ impl LoadedVoices {
     }
 
     /// The voice for a request's `voice` and `model` (see `VoiceTable::resolve`).
-    pub fn resolve(&self, voice: Option<&str>, model: Option<&str>) -> Result<Arc<Voice>, ApiError> {
+    pub fn resolve(
+        &self,
+        voice: Option<&str>,
+        model: Option<&str>,
+    ) -> Result<Arc<Voice>, ApiError> {
         match self.table.resolve(voice, model)? {
             Resolved::Voice(name) => self.catalog.get(name).ok_or_else(|| {
                 ApiError::from(RuleError::invalid(
