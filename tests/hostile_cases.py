@@ -576,7 +576,7 @@ def _body_cases() -> list[Case]:
                               ("other_case", VOICE.upper())]],
         *[bad(f"format_{name}", json.dumps(speech_fields(response_format=fmt)).encode(),
               "unsupported_response_format")
-          for name, fmt in [("mp3", "mp3"), ("traversal", "../wav"), ("upper_case", "WAV")]],
+          for name, fmt in [("aac", "aac"), ("traversal", "../wav"), ("unknown", "ogg")]],
     ]
     # Content types the speech route does not read.
     for name, content_type in [("missing", None), ("text_plain", ("content-type", "text/plain")),

@@ -117,7 +117,7 @@ def test_wrong_content_type_is_415(gate, stack):
     ("unknown voice", speech(voice="someone-else"), "unknown_voice"),
     ("speed too high", speech(speed=4.5), "speed_out_of_range"),
     ("speed too low", speech(speed=0.1), "speed_out_of_range"),
-    ("unsupported format", speech(response_format="mp3"), "unsupported_response_format"),
+    ("unsupported format", speech(response_format="aac"), "unsupported_response_format"),
     ("missing input", {"model": "tts-1", "voice": VOICE}, "missing_field"),
 ])
 def test_invalid_speech_requests_are_400(gate, stack, name, body, code):

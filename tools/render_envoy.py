@@ -164,15 +164,21 @@ JWT_AUTHN_FILTER = "envoy.filters.http.jwt_authn"
 def _with_jwt_authn(bootstrap: str, jwt_authn: dict) -> str:
     """The bootstrap with Envoy's jwt_authn filter just before the Wasm filter."""
     config = yaml.safe_load(bootstrap)
+    for http_filters, position in _wasm_filter_positions(config):
+        http_filters.insert(position, {"name": JWT_AUTHN_FILTER, "typed_config": dict(
+            {"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"},
+            **jwt_authn)})
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _wasm_filter_positions(config: dict):
+    """(the HTTP filter list, the index of voxgate's Wasm filter in it) for every chain."""
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 http_filters = network_filter["typed_config"]["http_filters"]
                 [position] = [i for i, f in enumerate(http_filters) if f["name"] == WASM_FILTER]
-                http_filters.insert(position, {"name": JWT_AUTHN_FILTER, "typed_config": dict(
-                    {"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"},
-                    **jwt_authn)})
-    return yaml.safe_dump(config, sort_keys=False)
+                yield http_filters, position
 
 
 def _standalone(params: EnvoyParams) -> EnvoyParams:
@@ -183,17 +189,13 @@ def _standalone(params: EnvoyParams) -> EnvoyParams:
 def _mesh_layout(bootstrap: str, filter_config: dict) -> str:
     """The standalone bootstrap rearranged as envoy/istio/ deploys the filter."""
     config = yaml.safe_load(bootstrap)
-    for listener in config["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            for network_filter in chain["filters"]:
-                http_filters = network_filter["typed_config"]["http_filters"]
-                [position] = [i for i, f in enumerate(http_filters) if f["name"] == WASM_FILTER]
-                del http_filters[position]["typed_config"]["config"]["allow_on_headers_stop_iteration"]
-                buffer = copy.deepcopy(BUFFER_FILTER)
-                # The filter refuses a larger body first: this limit only has to let the rest pass.
-                buffer["typed_config"]["max_request_bytes"] = filter_config.get("text", {}).get(
-                    "max_body_bytes", FILTER_DEFAULT_MAX_BODY_BYTES)
-                http_filters.insert(position + 1, buffer)
+    for http_filters, position in _wasm_filter_positions(config):
+        del http_filters[position]["typed_config"]["config"]["allow_on_headers_stop_iteration"]
+        buffer = copy.deepcopy(BUFFER_FILTER)
+        # The filter refuses a larger body first: this limit only has to let the rest pass.
+        buffer["typed_config"]["max_request_bytes"] = filter_config.get("text", {}).get(
+            "max_body_bytes", FILTER_DEFAULT_MAX_BODY_BYTES)
+        http_filters.insert(position + 1, buffer)
     return yaml.safe_dump(config, sort_keys=False)
 
 

@@ -93,17 +93,13 @@ enum Op {
         subject: Option<u8>,
         address: u8,
     },
-    /// Audio the sidecar reported for a finished request, in hundredths of a second.
-    ChargeAudio {
+    /// The sidecar's answer about audio, in hundredths of a second: what a finished request
+    /// made (charged), or what a refused one would have needed (`refused`).
+    Audio {
         subject: Option<u8>,
         address: u8,
         centiseconds: u16,
-    },
-    /// The sidecar priced a request above the caller's balance.
-    AudioRefusal {
-        subject: Option<u8>,
-        address: u8,
-        centiseconds: u16,
+        refused: bool,
     },
     FailedAuth {
         address: u8,
@@ -212,27 +208,23 @@ fuzz_target!(|input: Input| {
                 let (who, _) = identity(*subject, *address);
                 let _ = limiter.release_in_flight(&store, &who);
             }
-            Op::ChargeAudio {
+            Op::Audio {
                 subject,
                 address,
                 centiseconds,
+                refused,
             } => {
                 let (who, _) = identity(*subject, *address);
                 let seconds = f64::from(*centiseconds) / 100.0;
-                if let Err(StoreError::Other(message)) =
-                    limiter.charge_audio(&store, now_ms, &who, seconds)
+                if !refused {
+                    if let Err(StoreError::Other(message)) =
+                        limiter.charge_audio(&store, now_ms, &who, seconds)
+                    {
+                        panic!("the fuzz store never fails otherwise: {message}")
+                    }
+                } else if let Ok(Some(refusal)) =
+                    limiter.audio_refusal(&store, now_ms, &who, seconds)
                 {
-                    panic!("the fuzz store never fails otherwise: {message}")
-                }
-            }
-            Op::AudioRefusal {
-                subject,
-                address,
-                centiseconds,
-            } => {
-                let (who, _) = identity(*subject, *address);
-                let seconds = f64::from(*centiseconds) / 100.0;
-                if let Ok(Some(refusal)) = limiter.audio_refusal(&store, now_ms, &who, seconds) {
                     assert!(refusal.retry_after_s >= 1, "{refusal:?}");
                     let retry = refusal.headers.iter().find(|(n, _)| n == "Retry-After");
                     assert_eq!(
