@@ -94,8 +94,11 @@ def test_a_text_over_the_plan_or_the_request_limit_is_a_400_naming_it(stack):
     assert over_request.json()["error"]["code"] == "audio_limit_exceeded"
     assert "max_request_audio_seconds" in over_request.json()["error"]["message"]
     assert synthesis_cpu(stack) == before, "a refused text was synthesized"
-    # The subject was charged nothing: an ordinary request still passes.
-    assert speak(stack, token, "Hello there.").status_code == 200
+    # The subject was charged nothing: an ordinary request still passes, charged the minimum
+    # of one audio second though "Hello there." makes less.
+    hello = speak(stack, token, "Hello there.")
+    assert hello.status_code == 200
+    assert float(hello.headers["x-voxgate-audio-seconds"]) == 1.0
 
 
 def process_cpu_seconds(pid: int) -> float:

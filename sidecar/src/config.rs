@@ -86,6 +86,17 @@ pub struct Config {
     )]
     pub max_request_audio_seconds: f64,
 
+    /// Least audio seconds one synthesis is charged, however little it makes: every request
+    /// costs a fixed phonemizer round trip and model run, which a very short text would
+    /// otherwise get for almost nothing of the caller's `audio_seconds` budget.
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_MIN_REQUEST_AUDIO_SECONDS",
+        default_value_t = 1.0,
+        value_parser = non_negative_seconds
+    )]
+    pub min_request_audio_seconds: f64,
+
     /// Most audio one model run may make, in seconds: longer sentences are cut. A run's memory
     /// grows with its audio (about 20 MB per second for a medium Piper voice).
     #[arg(
@@ -187,6 +198,13 @@ fn positive_seconds(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && seconds > 0.0 => Ok(seconds),
         _ => Err(format!("{value:?} is not a number of seconds above 0")),
+    }
+}
+
+fn non_negative_seconds(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Ok(seconds),
+        _ => Err(format!("{value:?} is not a number of seconds, 0 or more")),
     }
 }
 

@@ -74,6 +74,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         sentence_gap: config.sentence_gap(),
         retry_after_secs: config.retry_after_secs,
         max_request_audio_seconds: config.max_request_audio_seconds,
+        min_request_audio_seconds: config.min_request_audio_seconds,
         max_utterance_seconds: config.max_utterance_seconds,
     };
     let phonemizer = config.phonemizer_settings();

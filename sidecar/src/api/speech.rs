@@ -186,13 +186,14 @@ async fn answer(
     let limits = state.limits();
     let deadline = Instant::now() + limits.request_timeout;
     let script = prepare(&request, limits.max_utterance_seconds, deadline).await?;
-    let cost = script.predicted_seconds();
-    if cost > limits.max_request_audio_seconds {
+    let predicted = script.predicted_seconds();
+    if predicted > limits.max_request_audio_seconds {
         return Err(ApiError::audio_limit_exceeded(
-            cost,
+            predicted,
             limits.max_request_audio_seconds,
         ));
     }
+    let cost = predicted.max(limits.min_request_audio_seconds);
     let admitted = match state.ledger().admit(tenant, cost) {
         Ok(admitted) => admitted,
         Err(refusal) => return Ok(refused(refusal)),

@@ -25,6 +25,8 @@ pub struct Limits {
     pub retry_after_secs: u64,
     /// Largest predicted audio of one request, in seconds.
     pub max_request_audio_seconds: f64,
+    /// Least audio seconds a synthesis is charged: the fixed cost of any request.
+    pub min_request_audio_seconds: f64,
     /// Largest predicted audio of one model run: bounds its memory and its duration.
     pub max_utterance_seconds: f64,
 }
