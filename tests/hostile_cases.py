@@ -536,15 +536,16 @@ def _body_cases() -> list[Case]:
     ]
     # Wrong types and missing fields.
     for name, fields in [("input_number", {"input": 42}), ("input_array", {"input": [TEXT]}),
-                         ("input_object", {"input": {"text": TEXT}}), ("input_null", {"input": None}),
+                         ("input_object", {"input": {"text": TEXT}}),
                          ("input_true", {"input": True}), ("voice_number", {"voice": 1}),
                          ("speed_string", {"speed": "1.0"}), ("speed_boolean", {"speed": True}),
                          ("response_format_number", {"response_format": 1}), ("model_number", {"model": 1}),
                          ("stream_string", {"stream": "yes"})]:
-        cases.append(bad(f"wrong_type_{name}", json.dumps(speech_fields(**fields)).encode(), "invalid_field"))
+        cases.append(bad(f"wrong_type_{name}", json.dumps(speech_fields(**fields)).encode(), "invalid_type"))
     cases += [
         bad("missing_everything", b"{}", "missing_field"),
         bad("missing_input", json.dumps({"model": "tts-1", "voice": VOICE}).encode(), "missing_field"),
+        bad("null_input", json.dumps(speech_fields(input=None)).encode(), "missing_field"),
     ]
     # Not one JSON object.
     one = json.dumps(speech_fields()).encode()
@@ -562,13 +563,13 @@ def _body_cases() -> list[Case]:
         cases.append(bad(f"top_level_{name}", body, "invalid_body"))
     # Text, voice, speed and format rules.
     cases += [
-        bad("text_only_whitespace", speech_json(" \t\n "), "empty_text"),
-        bad("text_empty", speech_json(""), "empty_text"),
+        bad("text_only_whitespace", speech_json(" \t\n "), "empty_input"),
+        bad("text_empty", speech_json(""), "empty_input"),
         bad("text_one_over_the_limit", lambda k: speech_json(MARKER + "a" * (k.max_chars + 1 - len(MARKER))),
-            "text_too_long"),
+            "input_too_long"),
         bad("text_over_the_limit_in_emoji", lambda k: speech_json(MARKER + "\U0001F600" * k.max_chars),
-            "text_too_long"),
-        *[bad(f"speed_{name}", json.dumps(speech_fields(speed=speed)).encode(), "speed_out_of_range")
+            "input_too_long"),
+        *[bad(f"speed_{name}", json.dumps(speech_fields(speed=speed)).encode(), "invalid_speed")
           for name, speed in [("zero", 0), ("negative", -1), ("huge", 1e308), ("just_above", 4.0001),
                               ("negative_zero", -0.0)]],
         *[bad(f"voice_{name}", json.dumps(speech_fields(voice=voice)).encode(), "unknown_voice")
@@ -617,7 +618,7 @@ def _body_cases() -> list[Case]:
                 "forbidden_character"),
         refused("body", "coqui_json_negative_speaker",
                 lambda k: speech(k, json.dumps({"text": TEXT, "speaker_id": -1}).encode(), path=COQUI), 400,
-                "invalid_field"),
+                "invalid_type"),
         # Speaker ids are the sidecar's to check against the voice: it refuses this one itself.
         passes("body", "coqui_json_unknown_speaker",
                lambda k: speech(k, json.dumps({"text": TEXT, "speaker_id": 10 ** 11}).encode(), path=COQUI),

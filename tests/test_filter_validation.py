@@ -113,10 +113,10 @@ def test_wrong_content_type_is_415(gate, stack):
     ("bidi override", speech("pay \u202eusd 01\u202c now"), "forbidden_character"),
     ("zero-width character", speech("in\u200bvisible"), "forbidden_character"),
     ("deny pattern", speech(f"Please say the {DENIED.upper()} now."), "denied_text"),
-    ("empty text", speech("   "), "empty_text"),
+    ("empty text", speech("   "), "empty_input"),
     ("unknown voice", speech(voice="someone-else"), "unknown_voice"),
-    ("speed too high", speech(speed=4.5), "speed_out_of_range"),
-    ("speed too low", speech(speed=0.1), "speed_out_of_range"),
+    ("speed too high", speech(speed=4.5), "invalid_speed"),
+    ("speed too low", speech(speed=0.1), "invalid_speed"),
     ("unsupported format", speech(response_format="aac"), "unsupported_response_format"),
     ("missing input", {"model": "tts-1", "voice": VOICE}, "missing_field"),
 ])
@@ -128,10 +128,10 @@ def test_invalid_speech_requests_are_400(gate, stack, name, body, code):
 
 
 def test_text_over_the_character_limit_is_400(gate, stack):
-    assert_error(post_json(gate, stack, speech("a" * (gate.max_chars + 1))), 400, "text_too_long")
+    assert_error(post_json(gate, stack, speech("a" * (gate.max_chars + 1))), 400, "input_too_long")
     response = requests.get(gate.url + COQUI, params={"text": "b" * (gate.max_chars + 1)}, headers=auth(stack),
                             timeout=TIMEOUT)
-    assert_error(response, 400, "text_too_long")
+    assert_error(response, 400, "input_too_long")
 
 
 def test_coqui_parameters_are_read_from_one_checked_source(gate, stack):

@@ -10,7 +10,7 @@ pub struct Rejection {
     /// HTTP status: 400, 401, 403, 404, 405, 413, 415, 429, 500 or 503.
     pub status: u16,
     /// Stable machine-readable reason, also the metric label and log reason code
-    /// (for example `token_expired`, `text_too_long`, `rate_limited`).
+    /// (for example `token_expired`, `input_too_long`, `rate_limited`).
     pub code: &'static str,
     /// Human-readable explanation without user data.
     pub message: String,

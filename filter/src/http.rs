@@ -1411,14 +1411,14 @@ mod tests {
             (b"{\"input\": \"caf\xc3\"}".to_vec(), "invalid_utf8"),
             (speech_body("right\u{202e}to left"), "forbidden_character"),
             (speech_body("this is Forbidden speech"), "denied_text"),
-            (speech_body(&"x".repeat(41)), "text_too_long"),
+            (speech_body(&"x".repeat(41)), "input_too_long"),
             (
                 json!({"input": "hi", "voice": "nobody"}).to_string().into_bytes(),
                 "unknown_voice",
             ),
             (
                 json!({"input": "hi", "speed": 9.0}).to_string().into_bytes(),
-                "speed_out_of_range",
+                "invalid_speed",
             ),
         ];
         for (body, code) in cases {

@@ -23,7 +23,7 @@ use voxgate_fuzz::oracle::token_like;
 use voxgate_sidecar::admission::Admission;
 use voxgate_sidecar::api::{self, AppState, Limits};
 
-/// Small, so that `text_too_long` and the 413 are reachable within the fuzzer's input sizes.
+/// Small, so that `input_too_long` and the 413 are reachable within the fuzzer's input sizes.
 const MAX_INPUT_CHARS: usize = 64;
 const MAX_BODY_BYTES: usize = 2048;
 
@@ -43,12 +43,16 @@ fn router() -> &'static Router {
         let metrics =
             voxgate_sidecar::metrics::install().expect("the metrics recorder installs once");
         let limits = Limits {
-            max_input_chars: MAX_INPUT_CHARS,
+            text: voxgate_rules::TextLimits {
+                max_chars: MAX_INPUT_CHARS,
+                allow_control_chars: false,
+            },
             max_body_bytes: MAX_BODY_BYTES,
             request_timeout: Duration::from_secs(5),
             sentence_gap: Duration::ZERO,
             retry_after_secs: 1,
             max_request_audio_seconds: 300.0,
+            min_request_audio_seconds: 1.0,
             max_utterance_seconds: 12.0,
         };
         api::router(AppState::new(limits, Admission::new(1, 4), metrics))

@@ -15,6 +15,16 @@ pub struct RuleError {
 }
 
 impl RuleError {
+    /// A refusal with no field at fault.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        RuleError {
+            status,
+            code,
+            message: message.into(),
+            param: None,
+        }
+    }
+
     /// 400 for field `param`.
     pub fn invalid(param: &'static str, code: &'static str, message: impl Into<String>) -> Self {
         RuleError {

@@ -66,9 +66,15 @@ pub struct Config {
     )]
     pub request_timeout_ms: NonZeroU64,
 
-    /// Longest accepted input, in Unicode characters.
+    /// Longest accepted input, in Unicode characters. Keep it equal to the filter's
+    /// `text.max_chars` (both default to 4096): the two apply the same text rules.
     #[arg(long, env = "VOXGATE_SIDECAR_MAX_INPUT_CHARS", default_value = "4096")]
     pub max_input_chars: NonZeroUsize,
+
+    /// Accept control, bidi and invisible characters in the text (NUL is refused regardless);
+    /// set it where the filter's `text.allow_control_chars` is set.
+    #[arg(long, env = "VOXGATE_SIDECAR_ALLOW_CONTROL_CHARS")]
+    pub allow_control_chars: bool,
 
     /// Largest request body, in bytes; a larger one gets 413. Keep it at least the filter's
     /// `text.max_body_bytes` (both default to 65536), so that no body the filter admitted, and

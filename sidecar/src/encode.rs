@@ -342,11 +342,14 @@ impl OggOpus {
 
     fn finish(mut self) -> Result<Vec<u8>, String> {
         let rest = std::mem::take(&mut self.input);
-        let out = self
-            .resampler
-            .process_partial(Some(&[rest]), None)
-            .map_err(|e| e.to_string())?;
-        self.keep_resampled(&out[0]);
+        // rubato refuses an empty partial chunk; input that filled whole chunks has none left.
+        if !rest.is_empty() {
+            let out = self
+                .resampler
+                .process_partial(Some(&[rest]), None)
+                .map_err(|e| e.to_string())?;
+            self.keep_resampled(&out[0]);
+        }
         // The resampler holds its delay's worth of samples back: flush them with silence.
         while self.resampled_total < self.wanted() {
             let out = self
@@ -504,6 +507,15 @@ mod tests {
         let mut encoder = Encoder::new(ResponseFormat::Opus, 22050, false).expect("encoder");
         encoder.push(&tone_of(12_345)).expect("push");
         assert!(!encoder.finish().expect("finish").is_empty());
+    }
+
+    #[test]
+    fn opus_ends_for_audio_that_fills_whole_resampler_chunks() {
+        for chunks in [1, 3] {
+            let mut encoder = Encoder::new(ResponseFormat::Opus, 22050, false).expect("encoder");
+            encoder.push(&tone_of(RESAMPLE_CHUNK * chunks)).expect("push");
+            assert!(!encoder.finish().expect("finish").is_empty(), "{chunks} chunks");
+        }
     }
 
     #[test]

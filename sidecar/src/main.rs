@@ -21,6 +21,7 @@ use voxgate_sidecar::memory;
 use voxgate_sidecar::metrics;
 use voxgate_sidecar::phonemize;
 use voxgate_sidecar::voice::{EngineOptions, VoiceCatalog};
+use voxgate_rules::TextLimits;
 
 /// How often histogram samples are folded into the exporter's buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -68,7 +69,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let address = listener.local_addr().context("reading the bound address")?;
 
     let limits = Limits {
-        max_input_chars: config.max_input_chars.get(),
+        text: TextLimits {
+            max_chars: config.max_input_chars.get(),
+            allow_control_chars: config.allow_control_chars,
+        },
         max_body_bytes: config.max_body_bytes.get(),
         request_timeout: config.request_timeout(),
         sentence_gap: config.sentence_gap(),

@@ -362,7 +362,8 @@ fn bad_requests_get_precise_errors() {
             json!({"input": "Hi there.", "speed": "fast"}),
             "invalid_type",
         ),
-        (json!({"input": "Bell \u{7} here."}), "invalid_characters"),
+        (json!({"input": "Bell \u{7} here."}), "forbidden_character"),
+        (json!({"input": "a\u{202E}b"}), "forbidden_character"),
     ];
     for (body, code) in &cases {
         speech(&sidecar, body.clone()).assert_error(400, code);
@@ -376,15 +377,17 @@ fn bad_requests_get_precise_errors() {
         Answer::from(request.send(body).expect("POST"))
     };
     post_raw(Some("application/json"), br#"{"input": "Hi there.""#)
-        .assert_error(400, "invalid_json");
-    post_raw(Some("application/json"), b"[\"Hi there.\"]").assert_error(400, "invalid_json");
-    post_raw(Some("application/json"), b"").assert_error(400, "invalid_json");
+        .assert_error(400, "malformed_json");
+    post_raw(Some("application/json"), b"[\"Hi there.\"]").assert_error(400, "invalid_body");
+    post_raw(Some("application/json"), b"").assert_error(400, "malformed_json");
+    post_raw(Some("application/json"), br#"{"input": "a", "input": "b"}"#)
+        .assert_error(400, "duplicate_field");
     post_raw(Some("text/plain"), br#"{"input": "Hi there."}"#)
         .assert_error(415, "unsupported_media_type");
     post_raw(None, br#"{"input": "Hi there."}"#).assert_error(415, "unsupported_media_type");
     // The body limit is the filter's default, 65536 bytes: a body of that size is read (and
     // refused for what it holds), one byte more is refused for its size.
-    post_raw(Some("application/json"), &vec![b' '; 65_536]).assert_error(400, "invalid_json");
+    post_raw(Some("application/json"), &vec![b' '; 65_536]).assert_error(400, "malformed_json");
     post_raw(Some("application/json"), &vec![b' '; 65_537]).assert_error(413, "body_too_large");
 
     let wrong_method = Answer::from(http.get(&speech_url).call().expect("GET"));
@@ -466,7 +469,7 @@ fn bad_requests_get_precise_errors() {
             "voxgate_sidecar_requests_total",
             &[("route", "/v1/audio/speech"), ("status", "400")]
         ),
-        (cases.len() + 4) as f64
+        (cases.len() + 5) as f64
     );
     assert_eq!(
         metric(&text, "voxgate_sidecar_sentences_total", &[]),

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::validate::forbidden_kind;
+use voxgate_rules::text::forbidden_kind;
 
 pub const SUBJECT_HEADER: &str = "x-voxgate-subject";
 pub const ISSUER_HEADER: &str = "x-voxgate-issuer";

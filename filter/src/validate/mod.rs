@@ -1,10 +1,8 @@
-//! Request validation for the speech routes: method and content type, body size, and the
-//! fields of an OpenAI speech request or a Coqui TTS request (JSON, form or query string),
-//! down to the rules for the text itself.
+//! Request validation for the speech routes: method and content type, body size, then the
+//! shared request rules (`voxgate_rules`: fields, types, ranges, text, voices, formats) and
+//! the operator's policy on top of them (allowed formats, a narrower speed range, deny
+//! patterns). Every refusal of a shared rule is the one the sidecar would make.
 
-mod form;
-mod json;
-mod media;
 mod text;
 #[cfg(test)]
 mod tests;
@@ -12,14 +10,13 @@ mod tests;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
-use voxgate_rules::{Resolved, ResponseFormat, RuleError, StreamMode, VoiceTable};
+use voxgate_rules::body::{self, Body};
+use voxgate_rules::openai::{self, MAX_SPEED, MIN_SPEED};
+use voxgate_rules::{form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleError, SpeechApi, TextLimits, VoiceTable};
 
 use crate::config::ConfigError;
 use crate::decision::Rejection;
-use media::MediaType;
-pub(crate) use text::forbidden_kind;
-use text::TextPolicy;
+use text::DenyPatterns;
 
 /// Largest accepted `max_body_bytes`: the body is buffered in the filter's memory.
 pub const MAX_BODY_BYTES_LIMIT: usize = 16 << 20;
@@ -38,6 +35,17 @@ pub enum Api {
     /// Everything else (voices, models, health): no body or text to validate.
     #[serde(rename = "metadata")]
     Metadata,
+}
+
+impl Api {
+    /// The body rules of a speech API; `None` for metadata routes.
+    pub fn speech(self) -> Option<SpeechApi> {
+        match self {
+            Api::OpenAiSpeech => Some(SpeechApi::OpenAi),
+            Api::CoquiTts => Some(SpeechApi::Coqui),
+            Api::Metadata => None,
+        }
+    }
 }
 
 /// `text` in the plugin configuration.
@@ -100,7 +108,8 @@ pub struct SpeechRequest {
 #[derive(Debug, Clone)]
 pub struct TextValidator {
     max_body_bytes: usize,
-    text: TextPolicy,
+    text: TextLimits,
+    deny: DenyPatterns,
     voices: VoiceTable,
     response_formats: Vec<ResponseFormat>,
     min_speed: f64,
@@ -136,15 +145,18 @@ impl TextRules {
                 })
             })
             .collect::<Result<_, _>>()?;
-        if !(self.min_speed.is_finite() && self.min_speed > 0.0) {
-            return Err(ConfigError::new("text.min_speed", "must be a number above 0"));
+        // The sidecar synthesizes OpenAI's range only: a wider one would admit, and charge,
+        // requests it refuses.
+        if !(self.min_speed.is_finite() && (MIN_SPEED..=MAX_SPEED).contains(&self.min_speed)) {
+            return Err(ConfigError::new("text.min_speed", format!("must be between {MIN_SPEED} and {MAX_SPEED}")));
         }
-        if !(self.max_speed.is_finite() && self.max_speed >= self.min_speed) {
-            return Err(ConfigError::new("text.max_speed", "must be a number not below min_speed"));
+        if !(self.max_speed.is_finite() && (self.min_speed..=MAX_SPEED).contains(&self.max_speed)) {
+            return Err(ConfigError::new("text.max_speed", format!("must be between min_speed and {MAX_SPEED}")));
         }
         Ok(TextValidator {
             max_body_bytes: self.max_body_bytes,
-            text: TextPolicy::new(self.max_chars, self.allow_control_chars, &self.deny_patterns)?,
+            text: TextLimits { max_chars: self.max_chars, allow_control_chars: self.allow_control_chars },
+            deny: DenyPatterns::new(&self.deny_patterns)?,
             voices,
             response_formats,
             min_speed: self.min_speed,
@@ -163,82 +175,6 @@ fn check_names(names: &[String], field: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// The fields of a Coqui request, from a JSON object or from form/query pairs.
-enum Fields {
-    Json(Map<String, Value>),
-    Pairs(BTreeMap<String, String>),
-}
-
-fn invalid_field(name: &str, expected: &str) -> Rejection {
-    Rejection::new(400, "invalid_field", format!("`{name}` must be {expected}"))
-}
-
-fn missing_field(name: &str) -> Rejection {
-    Rejection::new(400, "missing_field", format!("`{name}` is required"))
-}
-
-/// A string member; `null` counts as absent.
-fn json_string<'a>(map: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, Rejection> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(invalid_field(name, "a string")),
-    }
-}
-
-fn json_required_string<'a>(map: &'a Map<String, Value>, name: &str) -> Result<&'a str, Rejection> {
-    match map.get(name) {
-        None => Err(missing_field(name)),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(invalid_field(name, "a string")),
-    }
-}
-
-fn json_number(map: &Map<String, Value>, name: &str) -> Result<Option<f64>, Rejection> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_f64().map(Some).ok_or_else(|| invalid_field(name, "a number")),
-        Some(_) => Err(invalid_field(name, "a number")),
-    }
-}
-
-fn json_bool(map: &Map<String, Value>, name: &str) -> Result<Option<bool>, Rejection> {
-    match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(invalid_field(name, "true or false")),
-    }
-}
-
-impl Fields {
-    fn optional_string(&self, name: &str) -> Result<Option<&str>, Rejection> {
-        match self {
-            Fields::Pairs(pairs) => Ok(pairs.get(name).map(String::as_str)),
-            Fields::Json(map) => json_string(map, name),
-        }
-    }
-
-    fn required_string(&self, name: &str) -> Result<&str, Rejection> {
-        match self {
-            Fields::Pairs(pairs) => pairs.get(name).map(String::as_str).ok_or_else(|| missing_field(name)),
-            Fields::Json(map) => json_required_string(map, name),
-        }
-    }
-
-    /// A speaker: a name, or in JSON also a non-negative integer index.
-    fn check_speaker(&self, name: &str) -> Result<(), Rejection> {
-        let expected = "a string or a non-negative integer";
-        match self {
-            Fields::Json(map) => match map.get(name) {
-                None | Some(Value::Null) | Some(Value::String(_)) => Ok(()),
-                Some(Value::Number(n)) if n.as_u64().is_some() => Ok(()),
-                Some(_) => Err(invalid_field(name, expected)),
-            },
-            Fields::Pairs(_) => Ok(()),
-        }
-    }
 }
 
 impl TextValidator {
@@ -262,7 +198,8 @@ impl TextValidator {
     pub fn check_content_type(&self, api: Api, method: &str, content_type: Option<&str>) -> Result<(), Rejection> {
         match (api, method) {
             (Api::Metadata, _) | (Api::CoquiTts, "GET") => Ok(()),
-            (Api::OpenAiSpeech, "POST") | (Api::CoquiTts, "POST") => body_format(api, content_type).map(|_| ()),
+            (Api::OpenAiSpeech, "POST") => check_body_format(SpeechApi::OpenAi, content_type),
+            (Api::CoquiTts, "POST") => check_body_format(SpeechApi::Coqui, content_type),
             (Api::OpenAiSpeech, _) => Err(method_not_allowed("POST")),
             (Api::CoquiTts, _) => Err(method_not_allowed("GET, POST")),
         }
@@ -272,23 +209,16 @@ impl TextValidator {
     /// `validate_query` instead (Coqui clients send the text in the query string).
     pub fn validate_body(&self, api: Api, content_type: Option<&str>, body: &[u8]) -> Result<SpeechRequest, Rejection> {
         self.check_body_size(body.len())?;
-        if api == Api::Metadata {
+        let Some(speech_api) = api.speech() else {
             return Ok(SpeechRequest { chars: 0, voice: None });
-        }
-        let format = body_format(api, content_type)?;
-        let text = std::str::from_utf8(body).map_err(|e| {
-            Rejection::new(400, "invalid_utf8", format!("the request body is not valid UTF-8 (byte {})", e.valid_up_to()))
-        })?;
-        let fields = match format {
-            BodyFormat::Json => Fields::Json(json::parse_object(text)?),
-            BodyFormat::Form => Fields::Pairs(form::parse_pairs(text)?),
-            BodyFormat::None if body.is_empty() => Fields::Pairs(BTreeMap::new()),
-            BodyFormat::None => return Err(unsupported_media_type(api)),
         };
-        match (api, fields) {
-            (Api::OpenAiSpeech, Fields::Json(map)) => self.openai(&map),
-            (Api::OpenAiSpeech, _) => Err(unsupported_media_type(api)),
-            (_, fields) => self.coqui(&fields),
+        if speech_api == SpeechApi::OpenAi {
+            let map = body::json_body(content_type, body)?;
+            return self.openai(OpenAiSpeech::parse(&map, &self.text)?);
+        }
+        match body::parse_body(speech_api, content_type, body)? {
+            Body::Json(map) => self.coqui(CoquiParams::from_json(&map)?),
+            Body::Pairs(pairs) => self.coqui(CoquiParams::from_pairs(pairs)),
         }
     }
 
@@ -299,15 +229,12 @@ impl TextValidator {
             return Ok(None);
         }
         let query = query.strip_prefix('?').unwrap_or(query);
-        self.coqui(&Fields::Pairs(form::parse_pairs(query)?)).map(Some)
+        self.coqui(CoquiParams::from_pairs(form::parse_pairs(query)?)).map(Some)
     }
 
-    /// OpenAI speech fields. Unknown fields are allowed: OpenAI adds fields over time and
-    /// clients send them; the sidecar ignores what it does not know.
-    fn openai(&self, map: &Map<String, Value>) -> Result<SpeechRequest, Rejection> {
-        let input = json_required_string(map, "input")?;
-        let format = ResponseFormat::parse(json_string(map, "response_format")?)?;
-        if !self.response_formats.is_empty() && !self.response_formats.contains(&format) {
+    /// The operator's policy on a request the shared rules admit.
+    fn openai(&self, request: OpenAiSpeech<'_>) -> Result<SpeechRequest, Rejection> {
+        if !self.response_formats.is_empty() && !self.response_formats.contains(&request.format) {
             let allowed: Vec<&str> = self.response_formats.iter().map(|f| f.name()).collect();
             return Err(Rejection::from(RuleError::invalid(
                 "response_format",
@@ -315,30 +242,18 @@ impl TextValidator {
                 format!("`response_format` must be one of: {}", allowed.join(", ")),
             )));
         }
-        if let Some(speed) = json_number(map, "speed")? {
-            if !(self.min_speed..=self.max_speed).contains(&speed) {
-                return Err(Rejection::new(
-                    400,
-                    "speed_out_of_range",
-                    format!("`speed` must be between {} and {}", self.min_speed, self.max_speed),
-                ));
-            }
+        if !(self.min_speed..=self.max_speed).contains(&request.speed) {
+            return Err(openai::speed_outside(self.min_speed, self.max_speed).into());
         }
-        StreamMode::parse(json_bool(map, "stream")?, json_string(map, "stream_format")?)?;
-        let voice = self.voice(json_string(map, "voice")?, json_string(map, "model")?)?;
-        let chars = self.text.check("input", input)?;
-        Ok(SpeechRequest { chars, voice })
+        let voice = self.voice(request.voice, request.model)?;
+        self.deny.check("input", request.input)?;
+        Ok(SpeechRequest { chars: request.chars, voice })
     }
 
-    /// Coqui TTS server fields (`voice` too, checked like OpenAI's when present).
-    fn coqui(&self, fields: &Fields) -> Result<SpeechRequest, Rejection> {
-        let text = fields.required_string("text")?;
-        fields.check_speaker("speaker_id")?;
-        fields.optional_string("language_id")?;
-        fields.optional_string("style_wav")?;
-        // An empty `voice`, as forms send it, is no voice.
-        let voice = self.voice(fields.optional_string("voice")?.filter(|v| !v.is_empty()), None)?;
-        let chars = self.text.check("text", text)?;
+    fn coqui(&self, params: CoquiParams) -> Result<SpeechRequest, Rejection> {
+        let chars = params.check_text(&self.text)?;
+        let voice = self.voice(params.voice(), None)?;
+        self.deny.check("text", params.text.as_deref().unwrap_or_default())?;
         Ok(SpeechRequest { chars, voice })
     }
 
@@ -351,34 +266,8 @@ impl TextValidator {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyFormat {
-    Json,
-    Form,
-    /// No `Content-Type`: only an empty body is acceptable (Coqui, text in the query).
-    None,
-}
-
-fn body_format(api: Api, content_type: Option<&str>) -> Result<BodyFormat, Rejection> {
-    let media = match content_type.map(media::parse) {
-        None => None,
-        Some(Ok(media)) => Some(media),
-        Some(Err(())) => return Err(unsupported_media_type(api)),
-    };
-    match (api, media) {
-        (_, Some(MediaType::Json)) => Ok(BodyFormat::Json),
-        (Api::CoquiTts, Some(MediaType::Form)) => Ok(BodyFormat::Form),
-        (Api::CoquiTts, None) => Ok(BodyFormat::None),
-        _ => Err(unsupported_media_type(api)),
-    }
-}
-
-fn unsupported_media_type(api: Api) -> Rejection {
-    let accepted = match api {
-        Api::CoquiTts => "application/json or application/x-www-form-urlencoded (UTF-8)",
-        _ => "application/json (UTF-8)",
-    };
-    Rejection::new(415, "unsupported_media_type", format!("the request body must be {accepted}"))
+fn check_body_format(api: SpeechApi, content_type: Option<&str>) -> Result<(), Rejection> {
+    body::body_format(api, content_type).map(|_| ()).map_err(Rejection::from)
 }
 
 fn method_not_allowed(allow: &str) -> Rejection {

@@ -77,27 +77,27 @@ fn a_voice_allowlist_holds_for_model_too() {
 #[test]
 fn openai_field_rules() {
     assert_eq!(status_code(openai(r#"{"voice": "x"}"#)), (400, "missing_field"));
-    assert_eq!(status_code(openai(r#"{"input": null}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": 5}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": ["a"]}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "model": 1}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "voice": 1}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "speed": "1.0"}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "stream": "yes"}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(openai(r#"{"input": null}"#)), (400, "missing_field"));
+    assert_eq!(status_code(openai(r#"{"input": 5}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(openai(r#"{"input": ["a"]}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "model": 1}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "voice": 1}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": "1.0"}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "stream": "yes"}"#)), (400, "invalid_type"));
     assert_eq!(status_code(openai(r#"{"input": "a", "voice": "EN_US-JOE-MEDIUM"}"#)), (400, "unknown_voice"));
     assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "flac"}"#)), (400, "unsupported_response_format"));
     assert_eq!(status_code(openai(r#"{"input": "a", "response_format": "aac"}"#)), (400, "unsupported_response_format"));
     assert!(openai(r#"{"input": "a", "response_format": "MP3"}"#).is_ok());
     assert_eq!(status_code(openai(r#"{"input": "a", "stream_format": "events"}"#)), (400, "unsupported_stream_format"));
     assert!(openai(r#"{"input": "a", "stream_format": "sse"}"#).is_ok());
-    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 0.2}"#)), (400, "speed_out_of_range"));
-    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 4.01}"#)), (400, "speed_out_of_range"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 0.2}"#)), (400, "invalid_speed"));
+    assert_eq!(status_code(openai(r#"{"input": "a", "speed": 4.01}"#)), (400, "invalid_speed"));
     assert!(openai(r#"{"input": "a", "speed": 0.25}"#).is_ok());
     assert!(openai(r#"{"input": "a", "speed": 4}"#).is_ok());
-    assert_eq!(status_code(openai(r#"{"input": "   "}"#)), (400, "empty_text"));
+    assert_eq!(status_code(openai(r#"{"input": "   "}"#)), (400, "empty_input"));
     assert_eq!(status_code(openai(r#"{"input": "a Forbidden Phrase"}"#)), (400, "denied_text"));
     let long = format!(r#"{{"input": "{}"}}"#, "a".repeat(4097));
-    assert_eq!(status_code(openai(&long)), (400, "text_too_long"));
+    assert_eq!(status_code(openai(&long)), (400, "input_too_long"));
     let exact = format!(r#"{{"input": "{}"}}"#, "é".repeat(4096));
     assert_eq!(openai(&exact).unwrap().chars, 4096);
 }
@@ -153,9 +153,9 @@ fn coqui_json_form_and_query() {
         .unwrap();
     assert_eq!(req, SpeechRequest { chars: 5, voice: Some("en_US-joe-medium".into()) });
     assert!(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": "p225"}"#).is_ok());
-    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": -1}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": 1.5}"#)), (400, "invalid_field"));
-    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "language_id": 1}"#)), (400, "invalid_field"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": -1}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": 1.5}"#)), (400, "invalid_type"));
+    assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "language_id": 1}"#)), (400, "invalid_type"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"input": "Hi"}"#)), (400, "missing_field"));
     let req = v.validate_body(Api::CoquiTts, FORM, b"text=Hello+there&speaker_id=p225&voice=coqui-vits").unwrap();
     assert_eq!(req, SpeechRequest { chars: 11, voice: Some("coqui-vits".into()) });
@@ -169,7 +169,7 @@ fn coqui_json_form_and_query() {
     assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=%E2%80%AEevil")), (400, "forbidden_character"));
     assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=%zz")), (400, "invalid_encoding"));
     assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=a&text=b")), (400, "duplicate_field"));
-    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=+++")), (400, "empty_text"));
+    assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=+++")), (400, "empty_input"));
     assert_eq!(v.validate_query(Api::OpenAiSpeech, "text=whatever").unwrap(), None);
     assert_eq!(v.validate_query(Api::Metadata, "").unwrap(), None);
     assert_eq!(v.validate_body(Api::Metadata, None, b"").unwrap(), SpeechRequest { chars: 0, voice: None });
@@ -199,9 +199,9 @@ fn hostile_bodies() {
         ("depth-1000 nesting", nested.into_bytes(), (400, "malformed_json")),
         ("duplicate input", br#"{"input": "benign", "input": "a forbidden phrase"}"#.to_vec(), (400, "duplicate_field")),
         ("duplicate via escape", br#"{"input": "a", "\u0069nput": "b"}"#.to_vec(), (400, "duplicate_field")),
-        ("input is a number", br#"{"input": 42}"#.to_vec(), (400, "invalid_field")),
-        ("input is an object", br#"{"input": {"text": "a"}}"#.to_vec(), (400, "invalid_field")),
-        ("speed is a string", br#"{"input": "a", "speed": "fast"}"#.to_vec(), (400, "invalid_field")),
+        ("input is a number", br#"{"input": 42}"#.to_vec(), (400, "invalid_type")),
+        ("input is an object", br#"{"input": {"text": "a"}}"#.to_vec(), (400, "invalid_type")),
+        ("speed is a string", br#"{"input": "a", "speed": "fast"}"#.to_vec(), (400, "invalid_type")),
         ("trailing garbage", br#"{"input": "a"} x"#.to_vec(), (400, "malformed_json")),
         ("second document", br#"{"input": "a"}{"input": "b"}"#.to_vec(), (400, "malformed_json")),
         ("top-level array", br#"[{"input": "a"}]"#.to_vec(), (400, "invalid_body")),

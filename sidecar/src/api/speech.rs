@@ -1,7 +1,8 @@
-//! What both speech APIs share: checks on the input text, speaker and speed, and the answer
-//! to a validated request: its cost (predicted audio) checked against the per-request limit
-//! and the tenant's budget, admission, synthesis utterance by utterance, then either a complete
-//! file or a chunked stream whose first chunk leaves with the first utterance. Every answer to
+//! What both speech APIs share once the request rules (`voxgate_rules`) have passed: the
+//! speaker, and the answer to a validated request: its cost (predicted audio) checked against
+//! the per-request limit and the tenant's budget, admission, synthesis utterance by utterance,
+//! then either a complete file or a chunked stream whose first chunk leaves with the first
+//! utterance. Every answer to
 //! a tenant reports in `x-voxgate-audio-seconds` the audio seconds the gateway is to charge.
 
 use std::sync::Arc;
@@ -30,9 +31,6 @@ use crate::utterance::{self, Script};
 use crate::voice::{SynthesisError, SynthesisOptions, Voice};
 use voxgate_rules::{ResponseFormat, StreamMode};
 
-pub const MIN_SPEED: f64 = 0.25;
-pub const MAX_SPEED: f64 = 4.0;
-
 /// Response header carrying the sample rate, which raw PCM cannot carry itself.
 pub const SAMPLE_RATE_HEADER: &str = "x-sample-rate";
 /// Response header: audio seconds the gateway charges to the tenant for this answer.
@@ -47,50 +45,6 @@ pub struct SpeechRequest {
     pub options: SynthesisOptions,
     pub format: ResponseFormat,
     pub stream: StreamMode,
-}
-
-/// Checks the input text: present, not blank, within the character limit, and free of
-/// control characters other than tab and line breaks.
-pub fn check_input(text: &str, param: &'static str, max_chars: usize) -> Result<(), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::invalid_param(
-            param,
-            "empty_input",
-            format!("`{param}` is empty"),
-        ));
-    }
-    let chars = text.chars().count();
-    if chars > max_chars {
-        return Err(ApiError::invalid_param(
-            param,
-            "input_too_long",
-            format!("`{param}` has {chars} characters; the limit is {max_chars}"),
-        ));
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
-    {
-        return Err(ApiError::invalid_param(
-            param,
-            "invalid_characters",
-            format!("`{param}` contains control characters"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks `speed` against the OpenAI range.
-pub fn check_speed(speed: f64) -> Result<f32, ApiError> {
-    if speed.is_finite() && (MIN_SPEED..=MAX_SPEED).contains(&speed) {
-        Ok(speed as f32)
-    } else {
-        Err(ApiError::invalid_param(
-            "speed",
-            "invalid_speed",
-            format!("`speed` must be between {MIN_SPEED} and {MAX_SPEED}"),
-        ))
-    }
 }
 
 /// Resolves a speaker given by name or index; `None` or an empty string is the voice's
@@ -426,51 +380,6 @@ fn audio_response(content_type: &'static str, sample_rate: u32, body: Body) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn input_must_be_present_short_and_printable() {
-        assert!(check_input("Hello there.", "input", 4096).is_ok());
-        assert!(check_input("Line one.\nLine two.\tTabbed.", "input", 4096).is_ok());
-        assert_eq!(
-            check_input("", "input", 10).unwrap_err().code(),
-            "empty_input"
-        );
-        assert_eq!(
-            check_input(" \n\t ", "input", 10).unwrap_err().code(),
-            "empty_input"
-        );
-        assert_eq!(
-            check_input("a\u{0}b", "input", 10).unwrap_err().code(),
-            "invalid_characters"
-        );
-        assert_eq!(
-            check_input("a\u{1b}[31m", "input", 10).unwrap_err().code(),
-            "invalid_characters"
-        );
-    }
-
-    #[test]
-    fn input_limit_counts_characters_not_bytes() {
-        let accented = "é".repeat(4096);
-        assert_eq!(accented.len(), 8192);
-        assert!(check_input(&accented, "input", 4096).is_ok());
-        let error = check_input(&"a".repeat(4097), "input", 4096).unwrap_err();
-        assert_eq!(error.code(), "input_too_long");
-    }
-
-    #[test]
-    fn speed_range_is_inclusive_and_rejects_non_finite() {
-        assert_eq!(check_speed(0.25).expect("min"), 0.25);
-        assert_eq!(check_speed(4.0).expect("max"), 4.0);
-        assert_eq!(check_speed(1.0).expect("normal"), 1.0);
-        for bad in [0.2499, 4.0001, 0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert_eq!(
-                check_speed(bad).unwrap_err().code(),
-                "invalid_speed",
-                "{bad}"
-            );
-        }
-    }
 
     #[test]
     fn digest_is_short_stable_and_hides_the_text() {

@@ -13,11 +13,13 @@ use super::errors::ApiError;
 use crate::admission::Admission;
 use crate::tenants::Ledger;
 use crate::voice::{Voice, VoiceCatalog};
+use voxgate_rules::TextLimits;
 
 /// Request limits and timings taken from the configuration.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pub max_input_chars: usize,
+    /// The shared text rules: character limit, control characters.
+    pub text: TextLimits,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     pub request_timeout: Duration,

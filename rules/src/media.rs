@@ -2,7 +2,7 @@
 
 /// The body formats the speech routes understand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum MediaType {
+pub enum MediaType {
     Json,
     Form,
     Other,
@@ -11,7 +11,7 @@ pub(crate) enum MediaType {
 /// Parses a `Content-Type` value. `Err` when it is malformed or names a charset other than
 /// UTF-8 (the only encoding the filter and the sidecar read). Media type and parameter names
 /// are case-insensitive; other parameters are ignored.
-pub(crate) fn parse(content_type: &str) -> Result<MediaType, ()> {
+pub fn parse(content_type: &str) -> Result<MediaType, ()> {
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
     let (kind, subtype) = essence.split_once('/').ok_or(())?;

@@ -11,10 +11,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::decision::Rejection;
+use crate::error::RuleError;
 
 /// Parses `text` as a JSON object; every failure is a 400 with a precise code.
-pub(crate) fn parse_object(text: &str) -> Result<Map<String, Value>, Rejection> {
+pub fn parse_object(text: &str) -> Result<Map<String, Value>, RuleError> {
     let duplicate = RefCell::new(None);
     let mut deserializer = serde_json::Deserializer::from_str(text);
     let parsed = Strict { duplicate: &duplicate }
@@ -22,15 +22,15 @@ pub(crate) fn parse_object(text: &str) -> Result<Map<String, Value>, Rejection> 
         .and_then(|value| deserializer.end().map(|()| value));
     match parsed {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Rejection::new(400, "invalid_body", "the request body must be a JSON object")),
+        Ok(_) => Err(RuleError::new(400, "invalid_body", "the request body must be a JSON object")),
         Err(error) => Err(match duplicate.into_inner() {
-            Some(key) => Rejection::new(400, "duplicate_field", format!("{} appears more than once", describe_key(&key))),
+            Some(key) => RuleError::new(400, "duplicate_field", format!("{} appears more than once", describe_key(&key))),
             None => malformed(&error),
         }),
     }
 }
 
-fn malformed(error: &serde_json::Error) -> Rejection {
+fn malformed(error: &serde_json::Error) -> RuleError {
     use serde_json::error::Category;
     let message = match error.classify() {
         // Syntax and end-of-input messages are fixed texts plus a position, never input.
@@ -42,7 +42,7 @@ fn malformed(error: &serde_json::Error) -> Rejection {
             format!("malformed JSON at line {} column {}", error.line(), error.column())
         }
     };
-    Rejection::new(400, "malformed_json", message)
+    RuleError::new(400, "malformed_json", message)
 }
 
 /// Names a key in an error message only if it looks like a field name, so that arbitrary

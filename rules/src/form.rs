@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::decision::Rejection;
+use crate::error::RuleError;
 
 /// Decodes `name=value&…` pairs (`+` is a space). Empty segments are skipped; a name
 /// without `=` has an empty value.
-pub(crate) fn parse_pairs(input: &str) -> Result<BTreeMap<String, String>, Rejection> {
+pub fn parse_pairs(input: &str) -> Result<BTreeMap<String, String>, RuleError> {
     let mut pairs = BTreeMap::new();
     for segment in input.split('&').filter(|s| !s.is_empty()) {
         let (name, value) = segment.split_once('=').unwrap_or((segment, ""));
@@ -19,7 +19,7 @@ pub(crate) fn parse_pairs(input: &str) -> Result<BTreeMap<String, String>, Rejec
         let value = decode(value)?;
         if pairs.contains_key(&name) {
             let shown = if is_plain_name(&name) { format!("parameter `{name}`") } else { "a parameter".to_string() };
-            return Err(Rejection::new(400, "duplicate_field", format!("{shown} appears more than once")));
+            return Err(RuleError::new(400, "duplicate_field", format!("{shown} appears more than once")));
         }
         pairs.insert(name, value);
     }
@@ -30,7 +30,7 @@ fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 32 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn decode(component: &str) -> Result<String, Rejection> {
+fn decode(component: &str) -> Result<String, RuleError> {
     let bytes = component.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -41,7 +41,7 @@ fn decode(component: &str) -> Result<String, Rejection> {
                 let high = bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16));
                 let low = bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16));
                 let (Some(high), Some(low)) = (high, low) else {
-                    return Err(Rejection::new(400, "invalid_encoding", "malformed percent-encoding in the form data"));
+                    return Err(RuleError::new(400, "invalid_encoding", "malformed percent-encoding in the form data"));
                 };
                 out.push((high * 16 + low) as u8);
                 i += 2;
@@ -51,7 +51,7 @@ fn decode(component: &str) -> Result<String, Rejection> {
         i += 1;
     }
     String::from_utf8(out).map_err(|e| {
-        Rejection::new(
+        RuleError::new(
             400,
             "invalid_utf8",
             format!("form data is not valid UTF-8 after percent-decoding (byte {})", e.utf8_error().valid_up_to()),
