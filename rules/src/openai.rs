@@ -26,7 +26,8 @@ pub struct OpenAiSpeech<'a> {
     /// A speaker name or index, as text.
     pub speaker: Option<String>,
     pub format: ResponseFormat,
-    pub speed: f64,
+    /// `speed` as sent; `None` when absent (then 1, see `speed()`).
+    pub requested_speed: Option<f64>,
     pub stream: StreamMode,
 }
 
@@ -36,7 +37,7 @@ impl<'a> OpenAiSpeech<'a> {
     pub fn parse(map: &'a Map<String, Value>, text: &TextLimits) -> Result<Self, RuleError> {
         let input = fields::required_string(map, "input")?;
         let format = ResponseFormat::parse(fields::string(map, "response_format")?)?;
-        let speed = check_speed(fields::number(map, "speed")?.unwrap_or(1.0))?;
+        let requested_speed = fields::number(map, "speed")?.map(check_speed).transpose()?;
         let stream = StreamMode::parse(
             fields::boolean(map, "stream")?,
             fields::string(map, "stream_format")?,
@@ -52,9 +53,14 @@ impl<'a> OpenAiSpeech<'a> {
             voice,
             speaker,
             format,
-            speed,
+            requested_speed,
             stream,
         })
+    }
+
+    /// The speed to synthesize at: as requested, else 1.
+    pub fn speed(&self) -> f64 {
+        self.requested_speed.unwrap_or(1.0)
     }
 }
 
@@ -84,7 +90,7 @@ mod tests {
     fn parse(body: Value) -> Result<(ResponseFormat, f64, StreamMode, u64), &'static str> {
         let map = body.as_object().expect("test bodies are objects");
         OpenAiSpeech::parse(map, &TextLimits::default())
-            .map(|r| (r.format, r.speed, r.stream, r.chars))
+            .map(|r| (r.format, r.speed(), r.stream, r.chars))
             .map_err(|e| e.code)
     }
 
@@ -97,7 +103,7 @@ mod tests {
         let request = OpenAiSpeech::parse(value.as_object().unwrap(), &TextLimits::default()).unwrap();
         assert_eq!((request.model, request.voice), (Some("tts-1"), Some("alloy")));
         assert_eq!(request.speaker.as_deref(), Some("2"));
-        assert_eq!((request.format, request.speed, request.stream), (ResponseFormat::Pcm, 1.5, StreamMode::Audio));
+        assert_eq!((request.format, request.speed(), request.stream), (ResponseFormat::Pcm, 1.5, StreamMode::Audio));
     }
 
     #[test]

@@ -103,6 +103,15 @@ fn openai_field_rules() {
 }
 
 #[test]
+fn a_narrower_speed_range_bounds_only_the_speeds_asked_for() {
+    let v = TextRules { min_speed: 1.5, max_speed: 2.0, ..TextRules::default() }.compile().unwrap();
+    let check = |body: &str| v.validate_body(Api::OpenAiSpeech, JSON, body.as_bytes());
+    assert!(check(r#"{"input": "a"}"#).is_ok());
+    assert!(check(r#"{"input": "a", "speed": 1.5}"#).is_ok());
+    assert_eq!(status_code(check(r#"{"input": "a", "speed": 1.0}"#)), (400, "invalid_speed"));
+}
+
+#[test]
 fn empty_lists_allow_any_voice_and_format() {
     let v = TextRules::default().compile().unwrap();
     let req = v

@@ -57,7 +57,7 @@ fn resolve(fields: OpenAiSpeech<'_>, voices: &LoadedVoices) -> Result<SpeechRequ
     let voice = voices.resolve(fields.voice, fields.model)?;
     let speaker = speech::resolve_speaker(&voice, fields.speaker.as_deref(), "speaker")?;
     Ok(SpeechRequest {
-        options: speech::options_for(&voice, speaker, fields.speed as f32),
+        options: speech::options_for(&voice, speaker, fields.speed() as f32),
         voice,
         text: fields.input.to_owned(),
         format: fields.format,
