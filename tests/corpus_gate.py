@@ -54,6 +54,7 @@ def assert_answer(case, response: rawhttp.Response) -> None:
     error = response.error()
     if error is not None:
         assert error.get("type") and error.get("message"), error
+        assert "param" in error, f"{case.id}: the error body has no `param`: {error}"
         assert MARKER not in response.body.decode("utf-8", errors="replace"), "an answer echoed the text"
     if response.status == 401 and error is not None and not case.forwarded:
         assert (response.header("www-authenticate") or "").startswith('Bearer realm="voxgate"'), response.headers

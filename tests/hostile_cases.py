@@ -619,10 +619,10 @@ def _body_cases() -> list[Case]:
         refused("body", "coqui_json_negative_speaker",
                 lambda k: speech(k, json.dumps({"text": TEXT, "speaker_id": -1}).encode(), path=COQUI), 400,
                 "invalid_type"),
-        # Speaker ids are the sidecar's to check against the voice: it refuses this one itself.
-        passes("body", "coqui_json_unknown_speaker",
-               lambda k: speech(k, json.dumps({"text": TEXT, "speaker_id": 10 ** 11}).encode(), path=COQUI),
-               400, "unknown_speaker"),
+        # The filter knows each voice's speakers from the sidecar's catalog: refused before it.
+        refused("body", "coqui_json_unknown_speaker",
+                lambda k: speech(k, json.dumps({"text": TEXT, "speaker_id": 10 ** 11}).encode(), path=COQUI),
+                400, "unknown_speaker"),
         passes("body", "coqui_query_valid", lambda k: coqui_get(k, f"text={MARKER}+sings")),
     ]
     return cases
@@ -720,6 +720,10 @@ def _route_cases() -> list[Case]:
               400, envoy_400()),
         envoy("route", "two_content_lengths", lambda k: speech(k, b"{}", ("content-length", "2"),
                                                               ("content-length", "3")), 400, envoy_400()),
+        envoy("route", "transfer_encoding_gzip",
+              lambda k: speech(k, b"0\r\n\r\n", ("transfer-encoding", "gzip, chunked")), 501,
+              ("unsupported_transfer_encoding",
+               "only the chunked Transfer-Encoding is supported (http1.invalid_transfer_encoding)")),
         envoy("route", "chunk_size_not_hex",
               lambda k: speech(k, b"zz\r\nabc\r\n0\r\n\r\n", ("transfer-encoding", "chunked")), 400, envoy_400()),
     ]

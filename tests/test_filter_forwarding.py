@@ -106,7 +106,10 @@ def echo_envoy(stack, echo):
 
 
 def probe(route_prefix: str) -> str:
-    return f"{route_prefix}/probe-{uuid.uuid4().hex}"
+    """A path of its own under `route_prefix`, to find in the echo server's log. A speech API is
+    served at its own path only, so there the query string tells requests apart."""
+    separator = "?probe=" if route_prefix == SPEECH else "/probe-"
+    return f"{route_prefix}{separator}{uuid.uuid4().hex}"
 
 
 def subject() -> str:

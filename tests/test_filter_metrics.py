@@ -45,7 +45,7 @@ def test_decisions_and_characters_are_counted_with_labels(stack):
 
 
 def test_rate_limit_refusals_are_labelled_by_bucket(stack, envoy_factory):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["rate_limits"]["plans"]["free"]["requests"] = {"capacity": 1, "refill_per_second": 0.001}
     envoy = envoy_factory(config)
     headers = {"Authorization": f"Bearer {stack.token(sub=f'metrics-{uuid.uuid4().hex[:8]}')}"}

@@ -53,7 +53,7 @@ class _SourceAddress(HTTPAdapter):
 
 
 def _config(stack, shadow: bool = False) -> dict:
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     limits = config["rate_limits"]
     limits["plans"].update(PLANS)
     limits["anonymous"] = {"requests": {"capacity": ANONYMOUS_CAPACITY, "refill_per_second": 0}}
@@ -226,7 +226,7 @@ def test_identities_aimed_at_a_victims_slot_with_a_public_hash_miss_it(stack, en
     its `X-RateLimit-Limit` shows. With the slot hash keyed by the deployment's secret, each aimed
     subject lands there only by chance (1 in SLOTS)."""
     slots, aimed_count = 4096, 8
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["rate_limits"] = {"slots": slots, "default_plan": "crowd", "plans": {
         "victim": {"requests": {"capacity": 100, "refill_per_second": 0}},
         "crowd": {"requests": {"capacity": 1000, "refill_per_second": 0}}}}
@@ -247,3 +247,23 @@ def test_identities_aimed_at_a_victims_slot_with_a_public_hash_miss_it(stack, en
         limits = [limit(session, subject, "crowd") for subject in aimed]
     # By chance at most one of 8 shares the slot (two or more: about 2 in a million runs).
     assert limits.count("100") <= 1, f"{limits.count('100')} of {aimed_count} aimed subjects share the victim's slot"
+
+
+def test_health_checks_and_listings_spend_no_budget_as_shipped(stack):
+    """The shipped configuration meters the speech routes only: a load balancer's health checks
+    from one address are never refused, and listing voices costs a user none of its budget."""
+    address = f"127.0.{199}.{uuid.uuid4().int % 250 + 1}"
+    with requests.Session() as session:
+        session.mount("http://", _SourceAddress(address))
+        answers = [session.get(stack.url + "/healthz", timeout=TIMEOUT) for _ in range(100)]
+    assert statuses(answers) == {200: 100}
+    assert not any("x-ratelimit-remaining" in a.headers for a in answers)
+
+    free = stack.filter_config()["rate_limits"]["plans"]["free"]["requests"]["capacity"]
+    headers = {"Authorization": f"Bearer {stack.token(sub=f'lister-{uuid.uuid4().hex[:12]}', plan='free')}"}
+    for path in [MODELS, "/v1/audio/voices"] * (free + 5):
+        assert requests.get(stack.url + path, headers=headers, timeout=TIMEOUT).status_code == 200
+    spoken = requests.post(stack.url + SPEECH, headers=headers, timeout=TIMEOUT,
+                           json={"model": "tts-1", "input": "Hi.", "response_format": "wav"})
+    assert spoken.status_code == 200, spoken.text
+    assert spoken.headers["x-ratelimit-remaining"] == str(free - 1)

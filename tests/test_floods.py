@@ -119,7 +119,7 @@ class FastTokens:
 
 @pytest.fixture(scope="module")
 def flood_envoy(stack, envoy_factory):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["auth"]["cache_entries"] = CACHE_ENTRIES
     watch = {"requests": {"capacity": WATCH_CAPACITY, "refill_per_second": 0}}
     config["rate_limits"] = {

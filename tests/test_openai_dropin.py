@@ -53,7 +53,7 @@ def test_the_voice_listing_shows_the_alias_table(stack):
     headers = {"Authorization": f"Bearer {pro_token(stack)}"}
     listing = requests.get(f"{stack.url}/v1/audio/voices", headers=headers, timeout=10).json()
     assert listing["aliases"] == {name: PIPER_VOICE for name in OPENAI_VOICES}
-    assert stack.catalog["voices"] == [voice["name"] for voice in listing["voices"]]
+    assert [voice["name"] for voice in stack.catalog["voices"]] == [voice["name"] for voice in listing["voices"]]
 
 
 def test_the_filter_refuses_what_the_sidecar_would_with_the_same_code(stack):

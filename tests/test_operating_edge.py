@@ -28,7 +28,7 @@ RATE_LIMIT_HEADERS = ("retry-after", "x-ratelimit-limit", "x-ratelimit-remaining
 
 @pytest.fixture(scope="module")
 def edge(stack, tmp_path_factory):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["rate_limits"]["anonymous"] = {"requests": {"capacity": ANONYMOUS_CAPACITY, "refill_per_second": 0.001}}
     config["rate_limits"].pop("global", None)
     envoy = stack.new_envoy(config)

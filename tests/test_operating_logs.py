@@ -25,7 +25,7 @@ FAILED_AUTH_CAPACITY = 2
 
 
 def config(stack) -> dict:
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["rate_limits"]["plans"]["single"] = {"requests": {"capacity": 1, "refill_per_second": 0}}
     config["rate_limits"].pop("global", None)
     config["auth"]["failed_auth"] = {"capacity": FAILED_AUTH_CAPACITY, "refill_per_second": 0.001}

@@ -33,7 +33,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "5m"}
 
 @pytest.fixture(scope="module")
 def watched(stack, envoy_factory, tmp_path_factory):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["rate_limits"]["plans"]["flood"] = {"requests": {"capacity": FLOOD_CAPACITY, "refill_per_second": 0}}
     config["rate_limits"].pop("global", None)
     envoy = envoy_factory(config)

@@ -21,6 +21,7 @@ COQUI = "/api/tts"
 JSON_TYPE = "application/json"
 FORM = "application/x-www-form-urlencoded"
 TEXT = "Hi there."
+MULTI = "coqui_vits_multispeaker"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,17 @@ CASES = [
     speech("model_number", {"input": TEXT, "model": 1}),
     speech("speaker_negative", {"input": TEXT, "speaker": -1}),
     speech("several_faults", {"input": "", "speed": 9, "voice": "nobody"}),
+    # Speakers: of the voice the request resolves to, by name or index.
+    speech("speaker_beyond_a_single_speaker", {"input": TEXT, "speaker": 5}),
+    speech("speaker_one_of_alloy", {"voice": "alloy", "input": TEXT, "speaker": "1"}),
+    speech("speaker_by_name", {"voice": MULTI, "input": TEXT, "speaker": "spk_b", "response_format": "wav"}),
+    speech("speaker_by_index_via_model", {"model": MULTI, "input": TEXT, "speaker": 2, "response_format": "wav"}),
+    speech("speaker_index_out_of_range", {"voice": MULTI, "input": TEXT, "speaker": 3}),
+    speech("speaker_unknown_name", {"voice": MULTI, "input": TEXT, "speaker": "nobody"}),
+    # Paths: a speech API is served at its own path only.
+    raw("speech_trailing_slash", json.dumps({"input": TEXT}).encode(), path=SPEECH + "/"),
+    raw("speech_sub_path", json.dumps({"input": TEXT}).encode(), path=SPEECH + "/more"),
+    Case("coqui_trailing_slash", "GET", f"{COQUI}/?text=Hi", None, b""),
     # Bodies.
     raw("malformed_json", b'{"input": "Hi'),
     raw("top_level_array", b'["Hi"]'),
@@ -99,6 +111,12 @@ CASES = [
     coqui("coqui_repeated_text", "text=a&text=b"),
     coqui("coqui_unknown_voice", "text=Hi&voice=nobody"),
     coqui("coqui_zero_width", "text=a%E2%80%8Bb"),
+    coqui("coqui_language_the_voice_speaks", "text=Hi&language_id=en-US"),
+    coqui("coqui_language_the_voice_does_not_speak", "text=Hi&language_id=de"),
+    coqui("coqui_language_of_another_voice", "text=Hi&voice=coqui_vits_chars&language_id=en-gb"),
+    coqui("coqui_speaker_by_name", f"text=Hi&voice={MULTI}&speaker_id=spk_c"),
+    coqui("coqui_speaker_out_of_range", f"text=Hi&voice={MULTI}&speaker_id=7"),
+    coqui("coqui_speaker_of_a_single_speaker_voice", "text=Hi&speaker_id=p225"),
     raw("coqui_json_negative_speaker", json.dumps({"text": TEXT, "speaker_id": -1}).encode(), path=COQUI),
     raw("coqui_json_style_wav_number", json.dumps({"text": TEXT, "style_wav": 1}).encode(), path=COQUI),
     raw("coqui_text_plain", b"text=Hi", content_type="text/plain", path=COQUI),

@@ -12,8 +12,8 @@ filter without `allow_on_headers_stop_iteration`, so the filter runs with
 the headers until the filter has passed the body.
 
 The filter learns the sidecar's voices from the sidecar itself: `fetch_catalog()` reads its
-`GET /v1/audio/voices` (voice names, default voice, alias table) and `with_catalog()` puts that
-answer into `text.catalog`. A launcher renders after the sidecar is ready, so a voice dropped
+`GET /v1/audio/voices` (each voice's name, language and speakers, the default voice, the alias
+table) and `with_catalog()` puts that answer into `text.catalog`. A launcher renders after the sidecar is ready, so a voice dropped
 into the voices folder reaches the filter with the next restart, and no list is kept twice.
 
 CLI: `python -m tools.render_envoy --out .run/envoy.yaml [--mesh] [--validate]`, ports from the
@@ -113,7 +113,15 @@ def fetch_catalog(sidecar_url: str, timeout: float = 10.0) -> dict:
     with urllib.request.urlopen(f"{sidecar_url}/v1/audio/voices", timeout=timeout) as answer:
         listing = json.load(answer)
     return {
-        "voices": [voice["name"] for voice in listing["voices"]],
+        "voices": [
+            {
+                "name": voice["name"],
+                "language": voice["language"],
+                "num_speakers": voice["num_speakers"],
+                "speaker_ids": voice["speaker_ids"],
+            }
+            for voice in listing["voices"]
+        ],
         "default_voice": listing["default_voice"],
         "aliases": {alias: voice for alias, voice in listing["aliases"].items() if voice is not None},
     }

@@ -23,7 +23,7 @@ use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
 use crate::ratelimit::{client_key, AudioBudget, Identity, StoreError};
 use crate::response::{self, RequestLabels};
-use crate::routes::{self, Route};
+use crate::routes::{self, Budget, Route};
 use crate::validate::Api;
 
 /// Everything a request needs that lives as long as one VM's configuration.
@@ -321,7 +321,10 @@ impl RequestFlow {
                 // Metadata routes read no body: it would reach the sidecar unchecked.
                 return Err(unexpected_body(method).into());
             }
-            return self.admit(host, guard, 0);
+            return match route.budget {
+                Budget::Plan => self.admit(host, guard, 0),
+                Budget::None => Ok(self.forward_unmetered(host, guard)),
+            };
         }
         if route.api == Api::CoquiTts {
             check_coqui_headers(&headers)?;
@@ -568,6 +571,14 @@ impl RequestFlow {
         Ok(Action::Continue)
     }
 
+    /// Lets a request through that no rate limit applies to (`budget: none`).
+    fn forward_unmetered(&mut self, host: &dyn Host, guard: &Guard) -> Action {
+        guard.metrics.allowed(host);
+        self.record(host, "allowed");
+        self.stage = Stage::Forwarded;
+        Action::Continue
+    }
+
     /// Tells Envoy's access log how the request was decided.
     fn record(&self, host: &dyn Host, decision: &str) {
         let entry = access_log::Entry {
@@ -724,13 +735,16 @@ mod tests {
     /// The fake host's clock, in seconds.
     const NOW: u64 = 1_800_000_000;
 
+    /// The metadata routes spend the plan's budget here: most tests exercise the limits
+    /// through them, the cheapest requests; `/livez` spends nothing, as shipped routes do.
     fn config() -> Value {
         json!({
             "routes": [
                 {"prefix": "/v1/audio/speech", "api": "openai_speech", "auth": true},
                 {"prefix": "/api/tts", "api": "coqui_tts", "auth": true},
-                {"prefix": "/v1/", "api": "metadata", "auth": true},
-                {"prefix": "/healthz", "api": "metadata", "auth": false}
+                {"prefix": "/v1/", "api": "metadata", "auth": true, "budget": "plan"},
+                {"prefix": "/healthz", "api": "metadata", "auth": false, "budget": "plan"},
+                {"prefix": "/livez", "api": "metadata", "auth": false}
             ],
             "auth": {
                 "providers": [{"name": "test", "issuer": ISSUER, "audiences": ["voxgate"],
@@ -970,6 +984,21 @@ mod tests {
         *host.client_address.borrow_mut() = Some("198.51.100.9:5000".into());
         let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/healthz")], None);
         assert_forwarded(&host, &exchange);
+    }
+
+    #[test]
+    fn an_unmetered_route_is_never_rate_limited_and_spends_nothing() {
+        let guard = guard_from(config());
+        let host = host();
+        for _ in 0..100 {
+            let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/livez")], None);
+            assert_forwarded(&host, &exchange);
+        }
+        // The address's anonymous budget is untouched: its first metered calls still pass.
+        for _ in 0..2 {
+            let exchange = send(&guard, &host, &[(":method", "GET"), (":path", "/healthz")], None);
+            assert_forwarded(&host, &exchange);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Route table: which API a request path belongs to, whether it needs a token, and which
 //! methods it accepts. The first matching prefix wins, matched on whole path segments; a path
-//! matching no route is refused.
+//! matching no route is refused, and so is a path beneath a speech route (`/api/tts/`,
+//! `/v1/audio/speech/x`): a speech API is one resource, which the sidecar serves only at its
+//! own path, so the filter must not admit, and charge, what would then be a 404.
 
 use serde::Deserialize;
 
@@ -18,6 +20,21 @@ pub struct RouteConfig {
     pub api: Api,
     /// Whether a verified token is required.
     pub auth: bool,
+    /// What admitting a request spends; speech routes always spend the plan's budget,
+    /// metadata routes spend nothing unless configured otherwise.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// `budget` of a route: which rate limits a request on it is admitted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// The caller's plan (or the anonymous limits) and the global limits: one request.
+    Plan,
+    /// No rate limit: health checks and listings must never be refused for the caller's
+    /// speech budget, nor spend it.
+    None,
 }
 
 /// Methods a route accepts; anything else is a 405 from the filter.
@@ -34,16 +51,24 @@ pub struct Route {
     pub prefix: String,
     pub api: Api,
     pub auth: bool,
+    pub budget: Budget,
 }
 
 impl Route {
-    /// Whether `path` is under this route's prefix, at a segment boundary: `/healthz` serves
+    /// Whether `path` is under this route's prefix, at a segment boundary: `/healthz` claims
     /// `/healthz` and `/healthz/…` but not `/healthzz`, which would otherwise reach the
     /// upstream under the prefix's (perhaps anonymous) rules as a different resource.
-    fn serves(&self, path: &str) -> bool {
+    fn claims(&self, path: &str) -> Claim {
         match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with('/'),
-            None => false,
+            Some("") => Claim::Serves,
+            Some(rest) if self.prefix.ends_with('/') || rest.starts_with('/') => {
+                if self.is_speech() {
+                    Claim::Refuses
+                } else {
+                    Claim::Serves
+                }
+            }
+            _ => Claim::Elsewhere,
         }
     }
 
@@ -65,6 +90,15 @@ impl Route {
             .with_header("allow", allowed.join(", ")))
         }
     }
+}
+
+/// What a route makes of a path.
+enum Claim {
+    Serves,
+    /// Beneath a speech route: no route serves it.
+    Refuses,
+    /// Not under this route's prefix.
+    Elsewhere,
 }
 
 #[derive(Debug, Clone)]
@@ -98,10 +132,21 @@ impl RouteTable {
             if routes.iter().any(|r: &Route| r.prefix == config.prefix) {
                 return Err(ConfigError::new(field, "duplicate prefix"));
             }
+            let budget = match (config.api, config.budget) {
+                (Api::Metadata, budget) => budget.unwrap_or(Budget::None),
+                (_, None | Some(Budget::Plan)) => Budget::Plan,
+                (_, Some(Budget::None)) => {
+                    return Err(ConfigError::new(
+                        format!("routes[{i}].budget"),
+                        "a speech route always spends the plan's budget",
+                    ))
+                }
+            };
             routes.push(Route {
                 prefix: config.prefix,
                 api: config.api,
                 auth: config.auth,
+                budget,
             });
         }
         Ok(RouteTable { routes })
@@ -121,10 +166,14 @@ impl RouteTable {
                 format!("the request path is not a plain path ({reason})"),
             ));
         }
-        self.routes
-            .iter()
-            .find(|r| r.serves(path))
-            .ok_or_else(|| Rejection::new(404, "unknown_route", "no route serves this path"))
+        for route in &self.routes {
+            match route.claims(path) {
+                Claim::Serves => return Ok(route),
+                Claim::Refuses => break,
+                Claim::Elsewhere => {}
+            }
+        }
+        Err(voxgate_rules::error::unknown_route().into())
     }
 }
 
@@ -191,13 +240,21 @@ mod tests {
         let t = table();
         assert!(!t.find("/healthz").unwrap().auth);
         assert!(!t.find("/healthz/live").unwrap().auth);
-        assert_eq!(t.find("/api/tts/").unwrap().api, Api::CoquiTts);
-        assert_eq!(t.find("/v1/audio/speech/").unwrap().api, Api::OpenAiSpeech);
         // A prefix ending in `/` already ends a segment.
         assert_eq!(t.find("/v1/models").unwrap().api, Api::Metadata);
         // `/v1/audio/speechx` is not the speech route; it still falls under `/v1/`.
         assert_eq!(t.find("/v1/audio/speechx").unwrap().api, Api::Metadata);
         for path in ["/healthzz", "/healthz.json", "/healthz-admin", "/api/ttsx", "/api/tts2?text=hi"] {
+            let e = t.find(path).unwrap_err();
+            assert_eq!((e.status, e.code), (404, "unknown_route"), "{path}");
+        }
+    }
+
+    #[test]
+    fn nothing_beneath_a_speech_route_is_served() {
+        let t = table();
+        // Not even by the `/v1/` route that would otherwise take `/v1/audio/speech/`.
+        for path in ["/api/tts/", "/api/tts/x?text=hi", "/v1/audio/speech/", "/v1/audio/speech/more/deeper"] {
             let e = t.find(path).unwrap_err();
             assert_eq!((e.status, e.code), (404, "unknown_route"), "{path}");
         }
@@ -254,5 +311,19 @@ mod tests {
             ),
             "routes[1].prefix"
         );
+        assert_eq!(
+            bad(r#"[{"prefix": "/a", "api": "openai_speech", "auth": true, "budget": "none"}]"#),
+            "routes[0].budget"
+        );
+    }
+
+    #[test]
+    fn metadata_routes_spend_nothing_unless_told_to() {
+        let t = table();
+        assert_eq!(t.find("/healthz").unwrap().budget, Budget::None);
+        assert_eq!(t.find("/v1/models").unwrap().budget, Budget::None);
+        assert_eq!(t.find("/api/tts").unwrap().budget, Budget::Plan);
+        let configs = serde_json::from_str(r#"[{"prefix": "/v1/", "api": "metadata", "auth": true, "budget": "plan"}]"#);
+        assert_eq!(RouteTable::compile(configs.unwrap()).unwrap().find("/v1/models").unwrap().budget, Budget::Plan);
     }
 }

@@ -73,9 +73,21 @@ impl CoquiParams {
     }
 }
 
+/// Refuses a `language_id` that `voice` (speaking `spoken`) does not speak; none is fine.
+pub fn check_language(requested: Option<&str>, voice: &str, spoken: &str) -> Result<(), RuleError> {
+    match requested {
+        Some(language) if !same_language(language, spoken) => Err(RuleError::invalid(
+            "language_id",
+            "unsupported_language",
+            format!("voice `{voice}` speaks `{spoken}`; leave `language_id` empty or use that language"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `en`, `en-us`, `en_US` and `EN-us` all match a voice speaking `en-us`: case and the
 /// separator are ignored, and a bare language matches any of its regions.
-pub fn same_language(requested: &str, spoken: &str) -> bool {
+fn same_language(requested: &str, spoken: &str) -> bool {
     let normalize = |tag: &str| tag.trim().to_ascii_lowercase().replace('_', "-");
     let (requested, spoken) = (normalize(requested), normalize(spoken));
     let primary = |tag: &str| tag.split('-').next().unwrap_or("").to_owned();
@@ -135,5 +147,9 @@ mod tests {
         assert!(!same_language("de", "en-us"));
         assert!(!same_language("en-gb", "en-us"));
         assert!(!same_language("eng", "en-us"));
+        assert_eq!(check_language(None, "v", "en-us"), Ok(()));
+        assert_eq!(check_language(Some("en"), "v", "en-us"), Ok(()));
+        let error = check_language(Some("de"), "v", "en-us").unwrap_err();
+        assert_eq!((error.code, error.param), ("unsupported_language", Some("language_id")));
     }
 }

@@ -36,6 +36,12 @@ impl RuleError {
     }
 }
 
+/// 404 for a path no route serves: the paths each API serves are the same on both sides, so
+/// either answers a stray path alike.
+pub fn unknown_route() -> RuleError {
+    RuleError::new(404, "unknown_route", "no route serves this path")
+}
+
 /// The OpenAI error `type` for an HTTP status.
 pub fn error_type(status: u16) -> &'static str {
     match status {

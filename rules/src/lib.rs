@@ -9,6 +9,7 @@
 //! - `fields`: typed members of a JSON object.
 //! - `openai`, `coqui`: the fields of each speech API, their types and ranges.
 //! - `text`: the rules for the text itself.
+//! - `speakers`: a voice's speakers and the one a request names.
 //! - `voices`: OpenAI voice names, model names, the alias table and voice resolution.
 //! - `formats`: `response_format` and the streaming options.
 
@@ -21,6 +22,7 @@ pub mod formats;
 pub mod json;
 pub mod media;
 pub mod openai;
+pub mod speakers;
 pub mod text;
 pub mod voices;
 
@@ -29,5 +31,6 @@ pub use coqui::CoquiParams;
 pub use error::RuleError;
 pub use formats::{ResponseFormat, StreamMode};
 pub use openai::OpenAiSpeech;
+pub use speakers::Speakers;
 pub use text::TextLimits;
 pub use voices::{Resolved, VoiceTable};

@@ -83,6 +83,11 @@ impl VoiceTable {
         }
     }
 
+    /// The default voice's name, where the table knows it.
+    pub fn default_voice(&self) -> Option<&str> {
+        self.default_voice.as_deref()
+    }
+
     fn default_choice(&self) -> Resolved<'_> {
         self.default_voice
             .as_deref()

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use serde::Serialize;
 
 use crate::inference::{
     GraphOptimization, InferenceError, Interrupt, ModelInput, SessionPool, SessionSettings,
 };
 use crate::phonemize::PhonemizeError;
 use crate::tokenizer::Tokenizer;
+use voxgate_rules::Speakers;
 
 /// `length_scale` accepted by [`Voice::synthesize`]; values outside are clamped so
 /// one request cannot ask for minutes of audio per word.
@@ -36,8 +36,7 @@ const MAX_DEFAULT_SESSIONS: usize = 4;
 const CALIBRATION_TEXT: &str =
     "The quick brown fox jumps over the lazy dog, and then it runs back home before dinner.";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VoiceFormat {
     Piper,
     Coqui,
@@ -52,16 +51,15 @@ impl VoiceFormat {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VoiceInfo {
     pub name: String,
     pub format: VoiceFormat,
     pub sample_rate: u32,
     /// espeak-ng voice or Coqui `phoneme_language` (e.g. `en-us`); `und` when unknown.
     pub language: String,
-    /// Speaker names in id order; empty when the voice has one speaker or no names.
-    pub speakers: Vec<String>,
-    pub num_speakers: u32,
+    /// How many speakers, and their names (the shared rules resolve a request's speaker).
+    pub speakers: Speakers,
     /// The voice's default scales, used when a request leaves them unset.
     pub noise_scale: f32,
     pub length_scale: f32,
@@ -142,7 +140,6 @@ pub struct Voice {
     info: VoiceInfo,
     tokenizer: Tokenizer,
     num_symbols: usize,
-    speaker_ids: HashMap<String, u32>,
     pool: SessionPool,
     /// Seconds of audio one token id makes at length scale 1, measured at load.
     seconds_per_id: f64,
@@ -164,28 +161,19 @@ impl Voice {
                 "the configuration states {n} speakers but the model takes no speaker id"
             ),
         };
-        let mut by_id: Vec<(u32, String)> = spec
-            .speaker_ids
-            .iter()
-            .filter(|(_, &id)| id < num_speakers)
-            .map(|(speaker, &id)| (id, speaker.clone()))
-            .collect();
-        by_id.sort();
         let mut voice = Voice {
             info: VoiceInfo {
                 name,
                 format: spec.format,
                 sample_rate: spec.sample_rate,
                 language: spec.language,
-                speakers: by_id.into_iter().map(|(_, speaker)| speaker).collect(),
-                num_speakers,
+                speakers: Speakers::new(num_speakers, spec.speaker_ids.into_iter().collect()),
                 noise_scale: spec.defaults.noise_scale,
                 length_scale: spec.defaults.length_scale,
                 noise_w: spec.defaults.noise_w,
             },
             tokenizer: spec.tokenizer,
             num_symbols: spec.num_symbols,
-            speaker_ids: spec.speaker_ids,
             pool,
             seconds_per_id: 0.0,
         };
@@ -232,17 +220,6 @@ impl Voice {
     /// Sessions in this voice's pool: how many syntheses run at once.
     pub fn concurrency(&self) -> usize {
         self.pool.size()
-    }
-
-    /// A speaker by name (from the voice's speaker map) or by decimal id; `None` when
-    /// neither names a speaker of this voice.
-    pub fn resolve_speaker(&self, id_or_name: &str) -> Option<u32> {
-        let id = self
-            .speaker_ids
-            .get(id_or_name)
-            .copied()
-            .or_else(|| id_or_name.trim().parse::<u32>().ok())?;
-        (id < self.info.num_speakers).then_some(id)
     }
 
     /// The model's token ids for one chunk of text.
@@ -322,10 +299,10 @@ impl Voice {
     /// the model's embedding lookup.
     fn check_speaker(&self, speaker: Option<u32>) -> Result<u32, SynthesisError> {
         let speaker = speaker.unwrap_or(0);
-        if speaker >= self.info.num_speakers {
+        if speaker >= self.info.speakers.count() {
             return Err(SynthesisError::SpeakerOutOfRange {
                 speaker,
-                num_speakers: self.info.num_speakers,
+                num_speakers: self.info.speakers.count(),
             });
         }
         Ok(speaker)
@@ -394,7 +371,7 @@ impl VoiceCatalog {
                         voice = %name,
                         format = voice.info.format.as_str(),
                         sample_rate = voice.info.sample_rate,
-                        speakers = voice.info.num_speakers,
+                        speakers = voice.info.speakers.count(),
                         sessions = voice.concurrency(),
                         audio_seconds_per_id = format_args!("{:.4}", voice.seconds_per_id),
                         "voice loaded"

@@ -400,8 +400,8 @@ fn bad_requests_get_precise_errors() {
             .call()
             .expect("GET"),
     )
-    .assert_error(404, "not_found");
-    Answer::from(http.get(sidecar.url("/")).call().expect("GET")).assert_error(404, "not_found");
+    .assert_error(404, "unknown_route");
+    Answer::from(http.get(sidecar.url("/")).call().expect("GET")).assert_error(404, "unknown_route");
 
     let tts = sidecar.url("/api/tts");
     Answer::from(http.get(&tts).call().expect("GET")).assert_error(400, "missing_field");

@@ -188,7 +188,7 @@ fn coqui_fixture_voices_describe_themselves() {
         (info.format, info.sample_rate, info.language.as_str()),
         (VoiceFormat::Coqui, 22050, "en")
     );
-    assert_eq!((info.num_speakers, info.speakers.len()), (1, 0));
+    assert_eq!((info.speakers.count(), info.speakers.ids().len()), (1, 0));
     assert_eq!(
         (info.noise_scale, info.length_scale, info.noise_w),
         (0.667, 1.0, 1.0)
@@ -200,12 +200,14 @@ fn coqui_fixture_voices_describe_themselves() {
 #[test]
 fn multispeaker_speakers_differ_and_out_of_range_ids_are_refused() {
     let voice = coqui("coqui_vits_multispeaker");
-    assert_eq!(voice.info().num_speakers, 3);
-    assert_eq!(voice.info().speakers, ["spk_a", "spk_b", "spk_c"]);
-    assert_eq!(voice.resolve_speaker("spk_b"), Some(1));
-    assert_eq!(voice.resolve_speaker("2"), Some(2));
-    assert_eq!(voice.resolve_speaker("3"), None);
-    assert_eq!(voice.resolve_speaker("nobody"), None);
+    let speakers = &voice.info().speakers;
+    assert_eq!(speakers.count(), 3);
+    assert_eq!(speakers.names_by_id(), ["spk_a", "spk_b", "spk_c"]);
+    let resolve = |name| speakers.resolve("multi", Some(name), "speaker");
+    assert_eq!(resolve("spk_b"), Ok(Some(1)));
+    assert_eq!(resolve("2"), Ok(Some(2)));
+    assert!(resolve("3").is_err());
+    assert!(resolve("nobody").is_err());
 
     let ids = expected_ids("coqui_vits_multispeaker");
     let first = voice
@@ -354,7 +356,7 @@ fn joe_voice_speaks_a_paragraph_plausibly() {
         (info.format, info.sample_rate, info.language.as_str()),
         (VoiceFormat::Piper, 22050, "en-us")
     );
-    assert_eq!(info.num_speakers, 1);
+    assert_eq!(info.speakers.count(), 1);
 
     let sentences = split_sentences(PARAGRAPH);
     assert_eq!(sentences.len(), 5);

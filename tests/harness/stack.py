@@ -78,11 +78,17 @@ class Stack:
     def sidecar_url(self) -> str:
         return self.sidecar.url
 
-    def filter_config(self) -> dict:
+    def filter_config(self, metered_metadata: bool = False) -> dict:
         """A fresh copy of the default filter configuration (envoy/filter-config.json with this
         session's dev JWKS and the sidecar's voices), to modify and pass to `start_envoy` /
-        `restart_envoy`."""
+        `restart_envoy`. `metered_metadata`: the metadata routes (`/v1/models`, `/healthz`)
+        spend the plan's request budget, as an operator may configure; tests of the limits use
+        them as the cheapest requests that do."""
         config = render_envoy.filter_config(self.keys.jwks())
+        if metered_metadata:
+            for route in config["routes"]:
+                if route["api"] == "metadata":
+                    route["budget"] = "plan"
         return render_envoy.with_catalog(config, self.catalog) if self.catalog else config
 
     def token(self, **kwargs) -> str:

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use voxgate_rules::body::{self, Body};
 use voxgate_rules::openai::{self, MAX_SPEED, MIN_SPEED};
-use voxgate_rules::{form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleError, SpeechApi, TextLimits, VoiceTable};
+use voxgate_rules::{coqui, form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleError, Speakers, SpeechApi, TextLimits, VoiceTable};
 
 use crate::config::ConfigError;
 use crate::decision::Rejection;
@@ -87,13 +87,48 @@ impl Default for TextRules {
     }
 }
 
-/// `text.catalog`: the voice names, the default voice and the alias table of the sidecar.
+/// `text.catalog`: the voices, the default voice and the alias table of the sidecar.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Catalog {
-    pub voices: Vec<String>,
+    pub voices: Vec<CatalogVoice>,
     pub default_voice: Option<String>,
     pub aliases: BTreeMap<String, String>,
+}
+
+/// One voice of the catalog: its name alone, or what `GET /v1/audio/voices` says of it, which
+/// lets the filter refuse a speaker or a Coqui `language_id` the voice does not have.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum CatalogVoice {
+    Name(String),
+    Described(DescribedVoice),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescribedVoice {
+    pub name: String,
+    pub language: String,
+    pub num_speakers: u32,
+    #[serde(default)]
+    pub speaker_ids: BTreeMap<String, u32>,
+}
+
+impl CatalogVoice {
+    pub fn name(&self) -> &str {
+        match self {
+            CatalogVoice::Name(name) => name,
+            CatalogVoice::Described(voice) => &voice.name,
+        }
+    }
+}
+
+/// What the filter knows of a voice beyond its name.
+#[derive(Debug, Clone)]
+struct VoiceFacts {
+    language: String,
+    speakers: Speakers,
 }
 
 /// What the rate limiter needs from a valid speech request.
@@ -111,6 +146,8 @@ pub struct TextValidator {
     text: TextLimits,
     deny: DenyPatterns,
     voices: VoiceTable,
+    /// By voice name; only voices the catalog describes.
+    voice_facts: BTreeMap<String, VoiceFacts>,
     response_formats: Vec<ResponseFormat>,
     min_speed: f64,
     max_speed: f64,
@@ -128,8 +165,21 @@ impl TextRules {
             return Err(ConfigError::new("text.max_chars", format!("must be between 1 and {MAX_CHARS_LIMIT}")));
         }
         check_names(&self.voices, "text.voices")?;
-        check_names(&self.catalog.voices, "text.catalog.voices")?;
-        let voices = VoiceTable::new(self.catalog.voices, self.catalog.default_voice, self.catalog.aliases, self.voices)
+        let names: Vec<String> = self.catalog.voices.iter().map(|v| v.name().to_owned()).collect();
+        check_names(&names, "text.catalog.voices")?;
+        let voice_facts = self
+            .catalog
+            .voices
+            .into_iter()
+            .filter_map(|voice| match voice {
+                CatalogVoice::Name(_) => None,
+                CatalogVoice::Described(v) => Some((
+                    v.name,
+                    VoiceFacts { language: v.language, speakers: Speakers::new(v.num_speakers, v.speaker_ids) },
+                )),
+            })
+            .collect();
+        let voices = VoiceTable::new(names, self.catalog.default_voice, self.catalog.aliases, self.voices)
             .map_err(|problem| ConfigError::new("text.catalog", problem))?;
         check_names(&self.response_formats, "text.response_formats")?;
         let response_formats = self
@@ -158,6 +208,7 @@ impl TextRules {
             text: TextLimits { max_chars: self.max_chars, allow_control_chars: self.allow_control_chars },
             deny: DenyPatterns::new(&self.deny_patterns)?,
             voices,
+            voice_facts,
             response_formats,
             min_speed: self.min_speed,
             max_speed: self.max_speed,
@@ -249,6 +300,9 @@ impl TextValidator {
             }
         }
         let voice = self.voice(request.voice, request.model)?;
+        if let Some((name, facts)) = self.facts(voice.as_deref()) {
+            facts.speakers.resolve(name, request.speaker.as_deref(), "speaker")?;
+        }
         self.deny.check("input", request.input)?;
         Ok(SpeechRequest { chars: request.chars, voice })
     }
@@ -256,8 +310,18 @@ impl TextValidator {
     fn coqui(&self, params: CoquiParams) -> Result<SpeechRequest, Rejection> {
         let chars = params.check_text(&self.text)?;
         let voice = self.voice(params.voice(), None)?;
+        if let Some((name, facts)) = self.facts(voice.as_deref()) {
+            coqui::check_language(params.language(), name, &facts.language)?;
+            facts.speakers.resolve(name, params.speaker_id.as_deref(), "speaker_id")?;
+        }
         self.deny.check("text", params.text.as_deref().unwrap_or_default())?;
         Ok(SpeechRequest { chars, voice })
+    }
+
+    /// What the catalog says of the resolved voice (`None`: the default voice), if anything.
+    fn facts(&self, voice: Option<&str>) -> Option<(&str, &VoiceFacts)> {
+        let name = voice.or(self.voices.default_voice())?;
+        self.voice_facts.get_key_value(name).map(|(name, facts)| (name.as_str(), facts))
     }
 
     /// The voice by the shared rules (`voxgate_rules::voices`): `None` for the default.

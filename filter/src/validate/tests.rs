@@ -8,10 +8,23 @@ const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
 
 fn catalog() -> Catalog {
     Catalog {
-        voices: vec!["en_US-joe-medium".into(), "coqui-vits".into()],
+        voices: vec![
+            described("en_US-joe-medium", "en-us", 1, &[]),
+            described("coqui-vits", "en", 3, &[("spk_a", 0), ("spk_b", 1), ("spk_c", 2)]),
+            CatalogVoice::Name("plain".into()),
+        ],
         default_voice: Some("en_US-joe-medium".into()),
         aliases: BTreeMap::from([("narrator".to_string(), "coqui-vits".to_string())]),
     }
+}
+
+fn described(name: &str, language: &str, num_speakers: u32, speakers: &[(&str, u32)]) -> CatalogVoice {
+    CatalogVoice::Described(DescribedVoice {
+        name: name.into(),
+        language: language.into(),
+        num_speakers,
+        speaker_ids: speakers.iter().map(|&(n, id)| (n.to_string(), id)).collect(),
+    })
 }
 
 fn validator() -> TextValidator {
@@ -58,6 +71,49 @@ fn voices_resolve_through_the_catalog_and_aliases() {
     assert_eq!(status_code(openai(r#"{"input": "a", "model": "nobody"}"#)), (400, "unknown_model"));
     let refused = openai(r#"{"input": "a", "voice": "nobody"}"#).unwrap_err();
     assert_eq!((refused.code, refused.param), ("unknown_voice", Some("voice")));
+}
+
+#[test]
+fn speakers_and_languages_are_those_of_the_resolved_voice() {
+    let ok = |body: &str| openai(body).map(|r| r.voice).unwrap();
+    let refused = |body: &str| {
+        let r = openai(body).unwrap_err();
+        (r.status, r.code, r.param)
+    };
+    assert_eq!(ok(r#"{"input": "a", "voice": "coqui-vits", "speaker": "spk_c"}"#).as_deref(), Some("coqui-vits"));
+    ok(r#"{"input": "a", "model": "coqui-vits", "speaker": 2}"#);
+    ok(r#"{"input": "a", "voice": "alloy", "speaker": 0}"#);
+    ok(r#"{"input": "a", "voice": "plain", "speaker": 40}"#);
+    for bad in [
+        r#"{"input": "a", "voice": "coqui-vits", "speaker": 3}"#,
+        r#"{"input": "a", "voice": "narrator", "speaker": "spk_d"}"#,
+        r#"{"input": "a", "voice": "alloy", "speaker": 1}"#,
+        r#"{"input": "a", "speaker": "5"}"#,
+    ] {
+        assert_eq!(refused(bad), (400, "unknown_speaker", Some("speaker")), "{bad}");
+    }
+    let coqui = |query: &str| validator().validate_query(Api::CoquiTts, query).map(|r| r.unwrap().voice);
+    assert_eq!(coqui("text=Hi&voice=coqui-vits&speaker_id=spk_b&language_id=EN").unwrap().as_deref(), Some("coqui-vits"));
+    coqui("text=Hi&language_id=en_US").unwrap();
+    coqui("text=Hi&voice=plain&language_id=de&speaker_id=9").unwrap();
+    let e = coqui("text=Hi&language_id=de").unwrap_err();
+    assert_eq!((e.code, e.param), ("unsupported_language", Some("language_id")));
+    let e = coqui("text=Hi&voice=coqui-vits&speaker_id=3").unwrap_err();
+    assert_eq!((e.code, e.param), ("unknown_speaker", Some("speaker_id")));
+}
+
+#[test]
+fn catalog_voices_are_names_or_descriptions() {
+    let rules: TextRules = serde_json::from_str(
+        r#"{"catalog": {"voices": ["a", {"name": "b", "language": "en", "num_speakers": 2, "speaker_ids": {"x": 1}}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(rules.catalog.voices[0], CatalogVoice::Name("a".into()));
+    assert_eq!(rules.catalog.voices[1].name(), "b");
+    let bad = r#"{"catalog": {"voices": [{"name": "b", "language": "en", "num_speakers": 2, "extra": 1}]}}"#;
+    assert!(serde_json::from_str::<TextRules>(bad).is_err());
+    let twice = TextRules { catalog: Catalog { voices: vec![CatalogVoice::Name("a".into()), described("a", "en", 1, &[])], ..Catalog::default() }, ..TextRules::default() };
+    assert_eq!(twice.compile().unwrap_err().field, "text.catalog.voices[1]");
 }
 
 #[test]
@@ -158,21 +214,21 @@ fn body_size_limit() {
 fn coqui_json_form_and_query() {
     let v = validator();
     let req = v
-        .validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": 3, "language_id": "en", "style_wav": ""}"#)
+        .validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": 0, "language_id": "en", "style_wav": ""}"#)
         .unwrap();
     assert_eq!(req, SpeechRequest { chars: 5, voice: Some("en_US-joe-medium".into()) });
-    assert!(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": "p225"}"#).is_ok());
+    assert!(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hello", "speaker_id": "spk_b", "voice": "coqui-vits"}"#).is_ok());
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": -1}"#)), (400, "invalid_type"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "speaker_id": 1.5}"#)), (400, "invalid_type"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"text": "Hi", "language_id": 1}"#)), (400, "invalid_type"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, JSON, br#"{"input": "Hi"}"#)), (400, "missing_field"));
-    let req = v.validate_body(Api::CoquiTts, FORM, b"text=Hello+there&speaker_id=p225&voice=coqui-vits").unwrap();
+    let req = v.validate_body(Api::CoquiTts, FORM, b"text=Hello+there&speaker_id=spk_a&voice=coqui-vits").unwrap();
     assert_eq!(req, SpeechRequest { chars: 11, voice: Some("coqui-vits".into()) });
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, FORM, b"text=a&voice=nope")), (400, "unknown_voice"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, None, b"")), (400, "missing_field"));
     assert_eq!(status_code(v.validate_body(Api::CoquiTts, None, b"text=hi")), (415, "unsupported_media_type"));
 
-    let req = v.validate_query(Api::CoquiTts, "?text=Guten%20Tag&language_id=de").unwrap().unwrap();
+    let req = v.validate_query(Api::CoquiTts, "?text=Guten%20Tag&language_id=de&voice=plain").unwrap().unwrap();
     assert_eq!(req.chars, 9);
     assert_eq!(status_code(v.validate_query(Api::CoquiTts, "speaker_id=1")), (400, "missing_field"));
     assert_eq!(status_code(v.validate_query(Api::CoquiTts, "text=%E2%80%AEevil")), (400, "forbidden_character"));

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use voxgate_rules::body::Body as RequestBody;
-use voxgate_rules::coqui::same_language;
+use voxgate_rules::coqui;
 use voxgate_rules::{form, CoquiParams, ResponseFormat, StreamMode};
 
 use super::errors::ApiError;
@@ -102,19 +102,7 @@ async fn read_params(
 
 fn resolve(params: CoquiParams, voices: &LoadedVoices) -> Result<SpeechRequest, ApiError> {
     let voice = voices.resolve(params.voice(), None)?;
-    if let Some(language) = params.language() {
-        if !same_language(language, &voice.info().language) {
-            return Err(ApiError::invalid_param(
-                "language_id",
-                "unsupported_language",
-                format!(
-                    "voice `{}` speaks `{}`; leave `language_id` empty or use that language",
-                    voice.info().name,
-                    voice.info().language
-                ),
-            ));
-        }
-    }
+    coqui::check_language(params.language(), &voice.info().name, &voice.info().language)?;
     let speaker = speech::resolve_speaker(&voice, params.speaker_id.as_deref(), "speaker_id")?;
     Ok(SpeechRequest {
         options: speech::options_for(&voice, speaker, 1.0),

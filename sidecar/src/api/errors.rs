@@ -36,8 +36,9 @@ impl ApiError {
         }
     }
 
+    /// A path no route serves: the same answer as the filter's for a stray path.
     pub fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        voxgate_rules::error::unknown_route().into()
     }
 
     pub fn method_not_allowed() -> Self {

@@ -35,8 +35,9 @@ fn describe_voice(voice: &Voice, is_default: bool) -> Value {
         "format": info.format.as_str(),
         "sample_rate": info.sample_rate,
         "language": info.language,
-        "num_speakers": info.num_speakers,
-        "speakers": info.speakers,
+        "num_speakers": info.speakers.count(),
+        "speakers": info.speakers.names_by_id(),
+        "speaker_ids": info.speakers.ids(),
         "default": is_default,
     })
 }

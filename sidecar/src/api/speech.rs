@@ -47,39 +47,15 @@ pub struct SpeechRequest {
     pub stream: StreamMode,
 }
 
-/// Resolves a speaker given by name or index; `None` or an empty string is the voice's
-/// default speaker. Unknown names and out-of-range indices are refused here, before they
-/// can reach the model.
+/// The speaker a request names, by the shared rules (`voxgate_rules::speakers`): a name or an
+/// index of this voice, refused before it can reach the model; `None` is the default speaker.
 pub fn resolve_speaker(
     voice: &Voice,
     speaker: Option<&str>,
     param: &'static str,
 ) -> Result<Option<u32>, ApiError> {
-    match speaker.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(None),
-        Some(speaker) => voice.resolve_speaker(speaker).map(Some).ok_or_else(|| {
-            let info = voice.info();
-            ApiError::invalid_param(
-                param,
-                "unknown_speaker",
-                format!(
-                    "voice `{}` has no such speaker; it has {} (ids 0 to {})",
-                    info.name,
-                    describe_speakers(&info.speakers, info.num_speakers),
-                    info.num_speakers.saturating_sub(1)
-                ),
-            )
-        }),
-    }
-}
-
-fn describe_speakers(names: &[String], count: u32) -> String {
-    match (names.len(), count) {
-        (0, 1) => "a single speaker".to_owned(),
-        (0, n) => format!("{n} speakers"),
-        (_, _) if names.len() <= 16 => format!("speakers {}", names.join(", ")),
-        (_, n) => format!("{n} speakers (see GET /v1/audio/voices)"),
-    }
+    let info = voice.info();
+    Ok(info.speakers.resolve(&info.name, speaker, param)?)
 }
 
 /// Synthesis options for `speed`: the voice's own pace divided by the speed factor.
@@ -389,13 +365,5 @@ mod tests {
         assert_eq!(first.hash, digest("Hello world.").hash);
         assert_ne!(first.hash, digest("Hello world!").hash);
         assert!(!first.hash.contains("Hello"));
-    }
-
-    #[test]
-    fn speaker_descriptions() {
-        assert_eq!(describe_speakers(&[], 1), "a single speaker");
-        assert_eq!(describe_speakers(&[], 4), "4 speakers");
-        let names = vec!["a".to_owned(), "b".to_owned()];
-        assert_eq!(describe_speakers(&names, 2), "speakers a, b");
     }
 }
