@@ -334,7 +334,7 @@ def test_a_sidecar_slower_than_the_route_timeout_gets_envoys_json_504(stack):
         sidecar.stop()
     assert outcome.status == 504, (outcome.status, outcome.body[:200])
     assert envoy_error(outcome) == {"type": "server_error", "code": "upstream_timeout",
-                                    "message": "upstream request timeout"}, outcome.body
+                                    "message": "upstream request timeout", "param": None}, outcome.body
     assert outcome.elapsed < FAST_S
 
 

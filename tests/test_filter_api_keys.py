@@ -31,7 +31,7 @@ def keys():
 
 @pytest.fixture(scope="module")
 def key_config(stack, keys):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["auth"]["api_keys"] = {"pepper_env": apikey.PEPPER_ENV, "keys": [
         apikey.entry(keys["valid"], id="valid", subject="key-valid", pepper=PEPPER, plan="pro"),
         apikey.entry(keys["revoked"], id="revoked", subject="key-revoked", pepper=PEPPER, revoked=True),

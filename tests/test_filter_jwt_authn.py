@@ -25,7 +25,7 @@ TIMEOUT = 30
 
 @pytest.fixture(scope="module")
 def mesh(stack):
-    config = stack.filter_config()
+    config = stack.filter_config(metered_metadata=True)
     config["auth"]["providers"].append({
         "name": "mesh", "issuer": MESH_ISSUER, "audiences": ["voxgate"], "max_lifetime_seconds": 3600,
         "jwt_authn": {"payload_in_metadata": MESH_ISSUER}})
