@@ -3,18 +3,21 @@ shipped filter configuration. Every OpenAI voice name is an alias the filter and
 resolve alike; the filter learns the voices from the sidecar, so a voice dropped into the folder
 is usable after a restart with no other edit, and `model` cannot get past a voice allowlist.
 Every `response_format`, whole and streamed, and the server-sent events decode (ffmpeg) to the
-duration of the same speech as WAV."""
+duration of the same speech as WAV, and the decoded mp3 and opus are still the words they were
+asked to say: an offline recognizer (pocketsphinx, CMU's US English model) transcribes them."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import uuid
 
 import openai
 import pytest
 import requests
+from pocketsphinx import Decoder
 
 from harness.ports import free_port
 from harness.services import Envoy, Sidecar
@@ -28,6 +31,11 @@ PARAGRAPH = "The quick brown fox jumps over the lazy dog. Then it ran into the w
 CONTENT_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "flac": "audio/flac", "wav": "audio/wav",
                  "pcm": "audio/pcm"}
 DECODE_RATE = 16000
+# Words the recognizer gets right from the WAV of this voice (word error rate 0 to 0.08 there),
+# so that what an encoder loses shows.
+SPOKEN = ("Please call me when you get home tonight. I will leave the door open for you. "
+          "The quick brown fox jumps over the lazy dog. Then it ran into the woods.")
+MAX_WORD_ERROR_RATE = 0.35
 
 
 def client(url: str, token: str) -> openai.OpenAI:
@@ -122,13 +130,57 @@ def test_model_cannot_get_past_a_voice_allowlist(stack, dropped_in):
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "unknown_model")
 
 
-def decoded_seconds(audio: bytes, response_format: str, sample_rate: int) -> float:
-    """Seconds of audio ffmpeg decodes from `audio` (raw PCM needs its rate spelled out)."""
+def decoded(audio: bytes, response_format: str, sample_rate: int | None = None) -> bytes:
+    """What ffmpeg decodes from `audio`: 16-bit mono at DECODE_RATE (raw PCM needs its rate)."""
     raw = ["-f", "s16le", "-ar", str(sample_rate), "-ac", "1"] if response_format == "pcm" else []
-    decoded = subprocess.run(["ffmpeg", "-v", "error", *raw, "-i", "pipe:0", "-f", "s16le", "-ac", "1",
-                              "-ar", str(DECODE_RATE), "pipe:1"], input=audio, capture_output=True, timeout=60)
-    assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr.decode()
-    return len(decoded.stdout) / 2 / DECODE_RATE
+    answer = subprocess.run(["ffmpeg", "-v", "error", *raw, "-i", "pipe:0", "-f", "s16le", "-ac", "1",
+                             "-ar", str(DECODE_RATE), "pipe:1"], input=audio, capture_output=True, timeout=60)
+    assert answer.returncode == 0 and not answer.stderr, (response_format, answer.stderr.decode())
+    return answer.stdout
+
+
+def decoded_seconds(audio: bytes, response_format: str, sample_rate: int) -> float:
+    """Seconds of audio ffmpeg decodes from `audio`."""
+    return len(decoded(audio, response_format, sample_rate)) / 2 / DECODE_RATE
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level edit distance (substitutions, insertions, deletions) over the reference's words."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, ref_word in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, hyp_word in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word))
+    return row[len(hyp)] / len(ref)
+
+
+def test_word_error_rate_counts_edits():
+    assert word_error_rate("the quick brown fox", "the quick brown fox") == 0
+    assert word_error_rate("the quick brown fox", "a quick fox") == 0.5
+    assert word_error_rate("one two", "") == 1
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("response_format", ["mp3", "opus"])
+def test_mp3_and_opus_are_recognised_as_the_words_asked_for(stack, response_format, streamed):
+    speech = client(stack.url, pro_token(stack)).audio.speech
+    request = dict(model="tts-1", voice="alloy", input=SPOKEN, response_format=response_format)
+    if streamed:
+        with speech.with_streaming_response.create(**request, extra_body={"stream_format": "audio"}) as answer:
+            audio = b"".join(answer.iter_bytes())
+    else:
+        audio = speech.create(**request).read()
+    decoder = Decoder(samprate=DECODE_RATE, loglevel="FATAL")
+    decoder.start_utt()
+    decoder.process_raw(decoded(audio, response_format), full_utt=True)
+    decoder.end_utt()
+    heard = decoder.hyp().hypstr if decoder.hyp() else ""
+    assert word_error_rate(SPOKEN, heard) <= MAX_WORD_ERROR_RATE, heard
 
 
 @pytest.fixture(scope="module")
