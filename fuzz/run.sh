@@ -38,7 +38,9 @@ for target in $targets; do
   summary+=("$(printf '%-24s %12s executions %8s/s %6s corpus  %s' "$target" "$runs" "$((runs / seconds))" "$corpus" "$status")")
   if [ "$status" != ok ]; then
     failed+=("$target")
-    grep -E -m 5 'panicked at|ERROR: |SUMMARY: |Test unit written to' "$log" | sed "s/^/  $target: /" || true
+    # A panic's message is the line after its location: CI shows both.
+    grep -E -A1 'panicked at' "$log" | head -4 | sed "s/^/  $target: /" || true
+    grep -E -m 4 'ERROR: |SUMMARY: |Test unit written to' "$log" | sed "s/^/  $target: /" || true
   fi
 done
 
