@@ -2,9 +2,9 @@
 //! text reaches two stack overflows of libespeak-ng 1.51 (both still in 1.52):
 //!
 //! - Initials: espeak joins single letters separated by periods (`a.b.c`, `U.S.A.`, also
-//!   `a . b`, `a..b` and `a. b`) into one word to spell, copying the letters' UTF-8 bytes into an
-//!   80-byte stack buffer without a bound (`CheckDottedAbbrev`): 81 ASCII letters, 41 two-byte
-//!   ones or 21 four-byte ones overflow it (`"a."` × 85 ends in `stack smashing detected`).
+//!   `a . b`, `a..b`, `a. b` and `a.;b`) into one word to spell, copying the letters' UTF-8
+//!   bytes into an 80-byte stack buffer without a bound (`CheckDottedAbbrev`): 81 ASCII
+//!   letters, 41 two-byte ones or 21 four-byte ones overflow it (`"a."` × 85 ends in `stack smashing detected`).
 //! - Words per clause: espeak keeps at most 299 words of a clause, yet a spelled run near that
 //!   limit marks as many later words deleted as it has letters, past the end of its 300-entry
 //!   array (a few hundred one-character words such as `a.a.a,a.a.a,…` in one clause).
@@ -80,8 +80,9 @@ fn is_initial(chars: &[(usize, char)], i: usize) -> bool {
         && !chars.get(i + 1).is_some_and(|&(_, next)| joined(next))
 }
 
-/// Skips whitespace, periods and whitespace from `chars[i]`: the index of the character after
-/// them, and the byte offset just after the last period (0 when there is none).
+/// Skips whitespace, periods, then commas, semicolons, colons and whitespace from `chars[i]`:
+/// the index of the character after them, and the byte offset just after the last period (0
+/// when there is none).
 fn after_separator(chars: &[(usize, char)], mut i: usize) -> (usize, usize) {
     let skip_whitespace = |mut i: usize| {
         while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
@@ -96,6 +97,11 @@ fn after_separator(chars: &[(usize, char)], mut i: usize) -> (usize, usize) {
         i += 1;
     }
     if dots_end > 0 {
+        // espeak keeps joining initials over a comma, semicolon or colon right after the
+        // period (`X.Y.Z.;a.Y.Z.;a…` × 29 overflowed its buffer as one run).
+        while chars.get(i).is_some_and(|&(_, c)| matches!(c, ',' | ';' | ':')) {
+            i += 1;
+        }
         i = skip_whitespace(i);
     }
     (i, dots_end)
@@ -254,6 +260,18 @@ mod tests {
             "Café, naïve élan! Ünder Tiếng Việt, Привет мир.",
         ] {
             assert_eq!(pieces(text), [text], "{text:?}");
+        }
+    }
+
+    /// Found by the `sidecar_phonemize` fuzz target: espeak-ng aborted with `stack smashing
+    /// detected` on this unit × 25, a run it joins over the `;`.
+    #[test]
+    fn initials_run_on_over_a_comma_semicolon_or_colon() {
+        for unit in [".Y.Z.;\u{29a}", ".Y.Z.,a", ".Y.Z.: a"] {
+            let text = unit.repeat(40);
+            let cut = pieces(&text);
+            assert_eq!(cut.concat(), text);
+            assert!(cut.len() >= 120 / MAX_INITIALS, "{unit:?}: {} pieces", cut.len());
         }
     }
 
