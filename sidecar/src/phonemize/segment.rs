@@ -41,7 +41,7 @@ pub(super) fn pieces(text: &str) -> Vec<&str> {
 /// A character espeak may take for a letter (`IsAlpha`): ASCII letters, and anything outside
 /// ASCII but whitespace, since espeak counts many marks and signs of other scripts as letters.
 fn letter_like(c: char) -> bool {
-    c.is_ascii_alphabetic() || (!c.is_ascii() && !c.is_whitespace())
+    c.is_ascii_alphabetic() || (!c.is_ascii() && !c.is_whitespace() && !unread(c))
 }
 
 /// Byte offsets, each just after the periods of an initial, where over-long runs are cut.
@@ -72,6 +72,12 @@ fn initials_cuts(text: &str) -> Vec<usize> {
     cuts
 }
 
+/// Characters espeak skips as if they were not there: control characters and the soft hyphen
+/// (`ʚ\0.Y.Z.` is joined like `ʚ.Y.Z.`).
+fn unread(c: char) -> bool {
+    c.is_control() || c == '\u{ad}'
+}
+
 /// Whether `chars[i]` is a letter standing alone: no letter or digit right before or after it.
 fn is_initial(chars: &[(usize, char)], i: usize) -> bool {
     let joined = |c: char| letter_like(c) || c.is_alphanumeric();
@@ -80,12 +86,12 @@ fn is_initial(chars: &[(usize, char)], i: usize) -> bool {
         && !chars.get(i + 1).is_some_and(|&(_, next)| joined(next))
 }
 
-/// Skips whitespace, periods, then commas, semicolons, colons and whitespace from `chars[i]`:
-/// the index of the character after them, and the byte offset just after the last period (0
-/// when there is none).
+/// Skips whitespace (and what espeak does not read), periods, then commas, semicolons, colons
+/// and whitespace from `chars[i]`: the index of the character after them, and the byte offset
+/// just after the last period (0 when there is none).
 fn after_separator(chars: &[(usize, char)], mut i: usize) -> (usize, usize) {
     let skip_whitespace = |mut i: usize| {
-        while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
+        while chars.get(i).is_some_and(|&(_, c)| c.is_whitespace() || unread(c)) {
             i += 1;
         }
         i
@@ -267,7 +273,7 @@ mod tests {
     /// detected` on this unit × 25, a run it joins over the `;`.
     #[test]
     fn initials_run_on_over_a_comma_semicolon_or_colon() {
-        for unit in [".Y.Z.;\u{29a}", ".Y.Z.,a", ".Y.Z.: a"] {
+        for unit in [".Y.Z.;\u{29a}\0", ".Y.Z.;\u{29a}", ".Y.Z.,a\u{ad}", ".Y.Z.: a"] {
             let text = unit.repeat(40);
             let cut = pieces(&text);
             assert_eq!(cut.concat(), text);
