@@ -20,8 +20,8 @@ use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 use voxgate_fuzz::oracle::token_like;
-use voxgate_sidecar::admission::Admission;
 use voxgate_sidecar::api::{self, AppState, Limits};
+use voxgate_sidecar::scheduler::{PlanWeights, Scheduler};
 
 /// Small, so that `input_too_long` and the 413 are reachable within the fuzzer's input sizes.
 const MAX_INPUT_CHARS: usize = 64;
@@ -55,7 +55,12 @@ fn router() -> &'static Router {
             min_request_audio_seconds: 1.0,
             max_utterance_seconds: 12.0,
         };
-        api::router(AppState::new(limits, Admission::new(1, 4), metrics))
+        api::router(AppState::new(
+            limits,
+            Scheduler::new(1, 4),
+            PlanWeights::default(),
+            metrics,
+        ))
     })
 }
 

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use crate::phonemize::{self, PhonemizerSettings};
+use crate::scheduler::PlanWeights;
 
 /// Every setting can be given as a flag or as the environment variable named beside it.
 #[derive(Debug, Clone, Parser)]
@@ -53,6 +54,16 @@ pub struct Config {
     /// Threads ONNX Runtime uses inside one inference.
     #[arg(long, env = "VOXGATE_SIDECAR_INTRA_OP_THREADS", default_value = "1")]
     pub intra_op_threads: NonZeroUsize,
+
+    /// Relative shares of the plans the filter forwards in `x-voxgate-plan`, as
+    /// `plan=weight,…`: while tenants wait, each gets sentences scheduled in proportion to its
+    /// plan's weight. A plan not listed, or no plan, has weight 1.
+    #[arg(
+        long,
+        env = "VOXGATE_SIDECAR_PLAN_WEIGHTS",
+        default_value = "free=1,pro=4"
+    )]
+    pub plan_weights: PlanWeights,
 
     /// Requests allowed to wait for a busy worker; beyond that the answer is 503 at once.
     #[arg(long, env = "VOXGATE_SIDECAR_MAX_QUEUE", default_value_t = 16)]

@@ -1,10 +1,10 @@
-//! ONNX Runtime for VITS voices: the process-wide runtime and, per voice, a pool of
-//! sessions.
+//! ONNX Runtime for VITS voices: the process-wide runtime and, per voice, one session per
+//! scheduler worker.
 //!
-//! `Session::run` needs exclusive access, so a voice holds several sessions and a
-//! caller borrows a free one, waiting while all are busy. On a small machine several
-//! single-threaded sessions serve concurrent requests better than one session with
-//! many intra-op threads.
+//! `Session::run` needs exclusive access. The scheduler (`crate::scheduler`) gives each model
+//! run a worker, and the worker's index names the session it runs on, so a scheduled run never
+//! waits here; each session's mutex only guards callers outside the scheduler (tools, tests)
+//! and a voice configured with fewer sessions than workers.
 //!
 //! The runtime library is loaded from `ORT_DYLIB_PATH` (default: `libonnxruntime.so`
 //! through the system loader), once per process.
@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 use ort::environment::Environment;
 use ort::ep;
@@ -132,17 +132,15 @@ impl Interrupt {
 
 /// Sessions of one model, each used by one caller at a time.
 pub struct SessionPool {
-    idle: Mutex<Vec<Session>>,
-    returned: Condvar,
+    sessions: Vec<Mutex<Session>>,
     takes_speaker: bool,
     output_name: String,
-    size: usize,
 }
 
 impl std::fmt::Debug for SessionPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionPool")
-            .field("size", &self.size)
+            .field("size", &self.sessions.len())
             .field("takes_speaker", &self.takes_speaker)
             .finish_non_exhaustive()
     }
@@ -162,9 +160,7 @@ impl SessionPool {
         let takes_speaker = check_inputs(first)?;
         let output_name = check_output(first)?;
         Ok(SessionPool {
-            size: sessions.len(),
-            idle: Mutex::new(sessions),
-            returned: Condvar::new(),
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
             takes_speaker,
             output_name,
         })
@@ -176,16 +172,17 @@ impl SessionPool {
     }
 
     pub fn size(&self) -> usize {
-        self.size
+        self.sessions.len()
     }
 
-    /// Runs the model on a free session (waiting for one) and returns the audio
-    /// samples, whatever the rank of the output tensor. A run stopped through `interrupt`
-    /// returns [`InferenceError::Stopped`].
+    /// Runs the model on session `slot` (modulo the pool's size; another one if that one is
+    /// busy and another is free) and returns the audio samples, whatever the rank of the
+    /// output tensor. A run stopped through `interrupt` returns [`InferenceError::Stopped`].
     pub fn run(
         &self,
         input: &ModelInput<'_>,
         interrupt: &Interrupt,
+        slot: usize,
     ) -> Result<Vec<f32>, InferenceError> {
         let speaker = match (self.takes_speaker, input.speaker) {
             (true, Some(speaker)) => Some(speaker),
@@ -206,9 +203,8 @@ impl SessionPool {
         if let Some(speaker) = speaker {
             inputs.push((INPUT_SPEAKER.into(), tensor(vec![1], vec![speaker])?));
         }
-        let mut session = self.checkout();
+        let mut session = self.session(slot);
         let outputs = session
-            .get()?
             .run_with_options(inputs, &interrupt.options)
             .map_err(|e| {
                 if interrupt.is_stopped() {
@@ -226,47 +222,20 @@ impl SessionPool {
         Ok(samples.to_vec())
     }
 
-    fn checkout(&self) -> PooledSession<'_> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(session) = idle.pop() {
-                return PooledSession {
-                    pool: self,
-                    session: Some(session),
-                };
+    /// Session `slot`, else any free one, else `slot` once it is free. A run that panicked
+    /// leaves its session as usable as any: ONNX Runtime keeps no state between runs.
+    fn session(&self, slot: usize) -> MutexGuard<'_, Session> {
+        let count = self.sessions.len();
+        for offset in 0..count {
+            match self.sessions[(slot + offset) % count].try_lock() {
+                Ok(session) => return session,
+                Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
             }
-            idle = self
-                .returned
-                .wait(idle)
-                .unwrap_or_else(PoisonError::into_inner);
         }
-    }
-}
-
-/// A borrowed session, returned to its pool when dropped (also on error or unwind).
-struct PooledSession<'p> {
-    pool: &'p SessionPool,
-    session: Option<Session>,
-}
-
-impl PooledSession<'_> {
-    fn get(&mut self) -> Result<&mut Session, InferenceError> {
-        self.session
-            .as_mut()
-            .ok_or_else(|| InferenceError::Run("the pooled session was already returned".into()))
-    }
-}
-
-impl Drop for PooledSession<'_> {
-    fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
-            self.pool
-                .idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(session);
-            self.pool.returned.notify_one();
-        }
+        self.sessions[slot % count]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -14,14 +14,14 @@ use tokio::sync::watch;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-use voxgate_sidecar::admission::Admission;
+use voxgate_rules::TextLimits;
 use voxgate_sidecar::api::{self, AppState, Limits, LoadedVoices};
 use voxgate_sidecar::config::Config;
 use voxgate_sidecar::memory;
 use voxgate_sidecar::metrics;
 use voxgate_sidecar::phonemize;
+use voxgate_sidecar::scheduler::Scheduler;
 use voxgate_sidecar::voice::{EngineOptions, VoiceCatalog};
-use voxgate_rules::TextLimits;
 
 /// How often histogram samples are folded into the exporter's buckets.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -83,14 +83,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let phonemizer = config.phonemizer_settings();
     phonemize::configure(phonemizer.clone());
-    let admission = Admission::new(config.workers(), config.max_queue);
-    let state = AppState::new(limits, admission, metrics.clone());
+    let scheduler = Scheduler::new(config.workers(), config.max_queue);
+    let state = AppState::new(
+        limits,
+        scheduler,
+        config.plan_weights.clone(),
+        metrics.clone(),
+    );
     info!(
         %address,
         workers = config.workers(),
         sessions_per_voice = config.sessions_per_voice(),
         intra_op_threads = config.intra_op_threads.get(),
         max_queue = config.max_queue,
+        plan_weights = %config.plan_weights,
         phonemizer = %phonemizer.program.display(),
         phonemizers = phonemizer.processes.get(),
         "listening; loading voices"

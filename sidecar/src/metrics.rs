@@ -20,6 +20,7 @@ pub const INTERRUPTED: &str = "voxgate_sidecar_inference_interrupted_total";
 pub const AUDIO_CHARGED: &str = "voxgate_sidecar_reported_audio_milliseconds_total";
 pub const QUEUE_DEPTH: &str = "voxgate_sidecar_queue_depth";
 pub const IN_FLIGHT: &str = "voxgate_sidecar_in_flight";
+pub const REQUESTS_IN_PROGRESS: &str = "voxgate_sidecar_requests_in_progress";
 pub const VOICES: &str = "voxgate_sidecar_voices";
 pub const READY: &str = "voxgate_sidecar_ready";
 pub const PHONEMIZERS_REPLACED: &str = "voxgate_sidecar_phonemizers_replaced_total";
@@ -62,6 +63,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
     describe();
     gauge!(QUEUE_DEPTH).set(0.0);
     gauge!(IN_FLIGHT).set(0.0);
+    gauge!(REQUESTS_IN_PROGRESS).set(0.0);
     gauge!(READY).set(0.0);
     Ok(handle)
 }
@@ -106,8 +108,15 @@ fn describe() {
         Unit::Milliseconds,
         "Audio milliseconds reported to the gateway in x-voxgate-audio-seconds, to be charged to tenants."
     );
-    describe_gauge!(QUEUE_DEPTH, "Requests waiting for a synthesis worker.");
-    describe_gauge!(IN_FLIGHT, "Syntheses holding a worker.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Admitted requests whose first sentence waits for a worker."
+    );
+    describe_gauge!(IN_FLIGHT, "Workers running a sentence.");
+    describe_gauge!(
+        REQUESTS_IN_PROGRESS,
+        "Requests admitted to the scheduler and not yet finished."
+    );
     describe_gauge!(VOICES, "Voices loaded.");
     describe_counter!(
         PHONEMIZERS_REPLACED,
@@ -170,6 +179,14 @@ pub fn queue_entered() {
 
 pub fn queue_left() {
     gauge!(QUEUE_DEPTH).decrement(1.0);
+}
+
+pub fn request_admitted() {
+    gauge!(REQUESTS_IN_PROGRESS).increment(1.0);
+}
+
+pub fn request_finished() {
+    gauge!(REQUESTS_IN_PROGRESS).decrement(1.0);
 }
 
 pub fn worker_taken() {

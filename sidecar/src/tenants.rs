@@ -9,7 +9,8 @@
 //! budget: a request is admitted only if its predicted audio, plus everything reserved or owed
 //! by the same tenant, fits the budget; and a request that ends without a report (its client
 //! left before the answer's headers) is owed and reported with the tenant's next answer.
-//! The sidecar may trust these headers only because the filter removes every client-sent
+//! The verified subject and plan (`x-voxgate-subject`, `x-voxgate-plan`) say whom the
+//! scheduler shares workers between. The sidecar may trust these headers only because the filter removes every client-sent
 //! `x-voxgate-*` header and the sidecar is reachable only through Envoy.
 
 use std::collections::HashMap;
@@ -22,6 +23,14 @@ pub const TENANT_HEADER: &str = "x-voxgate-tenant";
 pub const BUDGET_HEADER: &str = "x-voxgate-audio-budget";
 pub const CAPACITY_HEADER: &str = "x-voxgate-audio-capacity";
 pub const MAX_IN_FLIGHT_HEADER: &str = "x-voxgate-max-in-flight";
+/// The verified caller, its issuer and its plan, which the scheduler shares workers by.
+pub const SUBJECT_HEADER: &str = "x-voxgate-subject";
+pub const ISSUER_HEADER: &str = "x-voxgate-issuer";
+pub const PLAN_HEADER: &str = "x-voxgate-plan";
+
+/// The scheduling tenant of every request without a verified subject: anonymous callers share
+/// one fair share, whatever their address.
+const ANONYMOUS: &str = "anonymous";
 
 /// Most tenants tracked at once. Entries live while something runs, is reserved or is owed;
 /// past this, tenants that only owe are forgotten (their debt is lost, their budget is not).
@@ -39,9 +48,17 @@ pub struct Tenant {
     /// Audio seconds the tenant's bucket holds when full: the most one request can ever cost.
     pub capacity_seconds: Option<f64>,
     pub max_in_flight: Option<u32>,
+    /// The verified subject, prefixed by its issuer: who the scheduler shares workers between.
+    pub subject: Option<String>,
+    pub plan: Option<String>,
 }
 
 impl Tenant {
+    /// Whom the scheduler counts this request's sentences to.
+    pub fn scheduling_key(&self) -> &str {
+        self.subject.as_deref().unwrap_or(ANONYMOUS)
+    }
+
     /// Reads the filter's headers. A value that does not parse is ignored with a warning: the
     /// filter wrote it, so it is a deployment fault, not the client's.
     pub fn from_headers(headers: &HeaderMap) -> Tenant {
@@ -63,6 +80,12 @@ impl Tenant {
             budget_seconds: number(BUDGET_HEADER),
             capacity_seconds: number(CAPACITY_HEADER),
             max_in_flight: number(MAX_IN_FLIGHT_HEADER).map(|n| n.clamp(0.0, 1e6) as u32),
+            subject: text(SUBJECT_HEADER)
+                .filter(|subject| !subject.is_empty())
+                .map(|subject| format!("{} {subject}", text(ISSUER_HEADER).unwrap_or(""))),
+            plan: text(PLAN_HEADER)
+                .filter(|plan| !plan.is_empty())
+                .map(str::to_string),
         }
     }
 }
@@ -289,6 +312,7 @@ mod tests {
             budget_seconds: Some(budget),
             capacity_seconds: Some(100.0),
             max_in_flight: Some(2),
+            ..Tenant::default()
         }
     }
 
@@ -381,11 +405,17 @@ mod tests {
         headers.insert(BUDGET_HEADER, "12.500".parse().unwrap());
         headers.insert(CAPACITY_HEADER, "nan".parse().unwrap());
         headers.insert(MAX_IN_FLIGHT_HEADER, "2".parse().unwrap());
+        headers.insert(SUBJECT_HEADER, "alice".parse().unwrap());
+        headers.insert(ISSUER_HEADER, "https://idp".parse().unwrap());
+        headers.insert(PLAN_HEADER, "pro".parse().unwrap());
         let tenant = Tenant::from_headers(&headers);
+        assert_eq!(tenant.scheduling_key(), "https://idp alice");
+        assert_eq!(tenant.plan.as_deref(), Some("pro"));
         assert_eq!(tenant.key.as_deref(), Some("ab12"));
         assert_eq!(tenant.budget_seconds, Some(12.5));
         assert_eq!(tenant.capacity_seconds, None);
         assert_eq!(tenant.max_in_flight, Some(2));
         assert_eq!(Tenant::from_headers(&HeaderMap::new()), Tenant::default());
+        assert_eq!(Tenant::default().scheduling_key(), "anonymous");
     }
 }

@@ -256,15 +256,17 @@ impl Voice {
         ids: &[i64],
         opts: &SynthesisOptions,
     ) -> Result<Vec<f32>, SynthesisError> {
-        self.synthesize_ids_until(ids, opts, &Interrupt::new()?)
+        self.synthesize_ids_on(ids, opts, &Interrupt::new()?, 0)
     }
 
-    /// [`Voice::synthesize_ids`], stopped early when `interrupt` is stopped.
-    pub fn synthesize_ids_until(
+    /// [`Voice::synthesize_ids`] on the session of scheduler worker `worker`, stopped early
+    /// when `interrupt` is stopped.
+    pub fn synthesize_ids_on(
         &self,
         ids: &[i64],
         opts: &SynthesisOptions,
         interrupt: &Interrupt,
+        worker: usize,
     ) -> Result<Vec<f32>, SynthesisError> {
         let speaker = self.check_speaker(opts.speaker)?;
         if ids.is_empty() {
@@ -284,7 +286,7 @@ impl Voice {
             scales: self.scales(opts),
             speaker: self.pool.takes_speaker().then_some(i64::from(speaker)),
         };
-        let mut samples = self.pool.run(&input, interrupt)?;
+        let mut samples = self.pool.run(&input, interrupt, worker)?;
         for sample in &mut samples {
             *sample = if sample.is_finite() {
                 sample.clamp(-1.0, 1.0)

@@ -1,9 +1,9 @@
 //! What both speech APIs share once the request rules (`voxgate_rules`) have passed: the
 //! speaker, and the answer to a validated request: its cost (predicted audio) checked against
-//! the per-request limit and the tenant's budget, admission, synthesis utterance by utterance,
-//! then either a complete file or a chunked stream whose first chunk leaves with the first
-//! utterance. Every answer to
-//! a tenant reports in `x-voxgate-audio-seconds` the audio seconds the gateway is to charge.
+//! the per-request limit and the tenant's budget, admission to the scheduler, synthesis
+//! utterance by utterance, then either a complete file or a chunked stream whose first chunk
+//! leaves with the first utterance. Every answer to a tenant reports in
+//! `x-voxgate-audio-seconds` the audio seconds the gateway is to charge.
 
 use std::sync::Arc;
 
@@ -19,12 +19,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{timeout_at, Instant};
 
 use super::errors::ApiError;
-use super::state::AppState;
-use super::synthesis::{self, Chunk, JobError, SynthesisJob, TextDigest};
+use super::state::{AppState, Limits};
+use super::synthesis::{self, Chunk, JobError, Synthesis, SynthesisJob, TextDigest};
 use crate::encode::Encoder;
 use crate::inference::Interrupt;
 use crate::metrics;
 use crate::phonemize::PhonemizeError;
+use crate::scheduler::Share;
 use crate::tenants::{Charge, Refusal, Tenant};
 use crate::text::split_sentences;
 use crate::utterance::{self, Script};
@@ -35,6 +36,9 @@ use voxgate_rules::{ResponseFormat, StreamMode};
 pub const SAMPLE_RATE_HEADER: &str = "x-sample-rate";
 /// Response header: audio seconds the gateway charges to the tenant for this answer.
 pub const AUDIO_SECONDS_HEADER: &str = "x-voxgate-audio-seconds";
+/// Response header: sentences of other requests that started while this one waited for its
+/// first worker.
+pub const SENTENCES_BEFORE_HEADER: &str = "x-voxgate-sentences-before";
 /// Response header of a budget refusal: audio seconds the tenant needs to have left.
 pub const AUDIO_REQUIRED_HEADER: &str = "x-voxgate-audio-required";
 
@@ -115,7 +119,7 @@ async fn answer(
 ) -> Result<Response, ApiError> {
     let limits = state.limits();
     let deadline = Instant::now() + limits.request_timeout;
-    let script = prepare(&request, limits.max_utterance_seconds, deadline).await?;
+    let script = prepare(&request, limits, deadline).await?;
     let predicted = script.predicted_seconds();
     if predicted > limits.max_request_audio_seconds {
         return Err(ApiError::audio_limit_exceeded(
@@ -129,17 +133,20 @@ async fn answer(
         Err(refusal) => return Ok(refused(refusal)),
     };
     *charge_out = admitted.charge.clone();
-    let permit = match timeout_at(deadline, state.admission().admit()).await {
-        Ok(Ok(permit)) => permit,
-        Ok(Err(_queue_full)) => {
+    let share = Share {
+        tenant: tenant.scheduling_key().to_string(),
+        weight: state.plan_weights().weight(tenant.plan.as_deref()),
+    };
+    let ticket = match state.scheduler().admit(share) {
+        Ok(ticket) => ticket,
+        Err(_queue_full) => {
             tracing::warn!(
                 voice = %request.voice.info().name,
-                waiting = state.admission().waiting(),
+                requests = state.scheduler().requests(),
                 "refused: wait queue full"
             );
             return Err(ApiError::queue_full(limits.retry_after_secs));
         }
-        Err(_elapsed) => return Err(ApiError::queue_timeout(limits.retry_after_secs)),
     };
 
     let sample_rate = request.voice.info().sample_rate;
@@ -155,12 +162,25 @@ async fn answer(
         charge: admitted.charge,
         running: admitted.running,
     };
-    let mut chunks = synthesis::start(job, permit, interrupt);
+    let Synthesis {
+        mut chunks,
+        mut sentences_before,
+    } = synthesis::start(job, ticket, interrupt);
+    let retry_after = limits.retry_after_secs;
 
-    let first = match next_chunk(&mut chunks, deadline).await? {
-        Some(first) => first,
-        None => return Err(ended_without_audio()),
+    // A request whose deadline passes before it had a worker never started: the sidecar was
+    // too busy, which the client may retry (503), unlike a synthesis too long for it (504).
+    let first = match timeout_at(deadline, chunks.recv()).await {
+        Ok(Some(Ok(first))) => first,
+        Ok(None) => return Err(ended_without_audio()),
+        Ok(Some(Err(JobError::QueueTimeout))) => return Err(ApiError::queue_timeout(retry_after)),
+        Ok(Some(Err(error))) => return Err(job_error(error)),
+        Err(_elapsed) if sentences_before.try_recv().is_err() => {
+            return Err(ApiError::queue_timeout(retry_after));
+        }
+        Err(_elapsed) => return Err(ApiError::deadline_exceeded()),
     };
+    let waited = sentences_before.try_recv().ok();
     let mut encoder = Encoder::new(
         request.format,
         sample_rate,
@@ -169,33 +189,47 @@ async fn answer(
     .map_err(encoding_failed)?;
     if request.stream != StreamMode::Off {
         let first = encoder.push(&first).map_err(encoding_failed)?;
-        return Ok(streaming_response(
+        let response = streaming_response(
             request.format,
             request.stream,
             sample_rate,
             first,
             chunks,
             encoder,
-        ));
+        );
+        return Ok(with_sentences_before(response, waited));
     }
     let mut audio = encoder.push(&first).map_err(encoding_failed)?;
     while let Some(chunk) = next_chunk(&mut chunks, deadline).await? {
         audio.extend(encoder.push(&chunk).map_err(encoding_failed)?);
     }
     audio.extend(encoder.finish().map_err(encoding_failed)?);
-    Ok(audio_response(
+    let response = audio_response(
         request.format.content_type(),
         sample_rate,
         Body::from(audio),
-    ))
+    );
+    Ok(with_sentences_before(response, waited))
+}
+
+/// Tells how long the request waited for its first worker, counted in other requests'
+/// sentences: what fairness between tenants bounds.
+fn with_sentences_before(mut response: Response, sentences: Option<u64>) -> Response {
+    if let Some(sentences) = sentences {
+        response
+            .headers_mut()
+            .insert(SENTENCES_BEFORE_HEADER, HeaderValue::from(sentences));
+    }
+    response
 }
 
 /// Splits and phonemizes the text (on the blocking pool: the phonemizer waits on pipes).
 async fn prepare(
     request: &SpeechRequest,
-    max_utterance_seconds: f64,
+    limits: &Limits,
     deadline: Instant,
 ) -> Result<Script, ApiError> {
+    let max_utterance_seconds = limits.max_utterance_seconds;
     let voice = Arc::clone(&request.voice);
     let text = request.text.clone();
     let options = request.options.clone();
@@ -217,6 +251,10 @@ async fn prepare(
             Err(job_error(JobError::NothingToSay))
         }
         Ok(Ok(Ok(script))) => Ok(script),
+        // Every phonemizer process stayed busy: the sidecar is overloaded, not the text bad.
+        Ok(Ok(Err(SynthesisError::Phonemize(PhonemizeError::Busy(_))))) => {
+            Err(ApiError::queue_timeout(limits.retry_after_secs))
+        }
         Ok(Ok(Err(error))) => Err(job_error(JobError::Synthesis(error))),
     }
 }
@@ -256,7 +294,7 @@ async fn next_chunk(
 
 fn job_error(error: JobError) -> ApiError {
     match error {
-        JobError::DeadlineExceeded => ApiError::deadline_exceeded(),
+        JobError::DeadlineExceeded | JobError::QueueTimeout => ApiError::deadline_exceeded(),
         JobError::NothingToSay | JobError::Synthesis(SynthesisError::EmptyText) => {
             ApiError::invalid("empty_input", "the input has no speakable text")
         }
@@ -272,7 +310,7 @@ fn job_error(error: JobError) -> ApiError {
             "phonemizer_failed",
             "the phonemizer failed on this text; see the service log",
         ),
-        JobError::Synthesis(_) => {
+        JobError::Synthesis(_) | JobError::Panicked => {
             ApiError::internal("synthesis_failed", "synthesis failed; see the service log")
         }
     }

@@ -1,5 +1,6 @@
-//! State shared by the handlers: request limits, the admission queue, the tenant ledger, the voices once they
-//! are loaded, whether the service is draining for shutdown, and the metrics renderer.
+//! State shared by the handlers: request limits, the scheduler and its plan weights, the tenant
+//! ledger, the voices once they are loaded, whether the service is draining for shutdown, and
+//! the metrics renderer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use voxgate_rules::{Resolved, RuleError, VoiceTable};
 
 use super::errors::ApiError;
-use crate::admission::Admission;
+use crate::scheduler::{PlanWeights, Scheduler};
 use crate::tenants::Ledger;
 use crate::voice::{Voice, VoiceCatalog};
 use voxgate_rules::TextLimits;
@@ -116,7 +117,8 @@ pub struct AppState {
 
 struct Shared {
     limits: Limits,
-    admission: Admission,
+    scheduler: Scheduler,
+    plan_weights: PlanWeights,
     ledger: Ledger,
     voices: OnceLock<LoadedVoices>,
     draining: AtomicBool,
@@ -124,11 +126,17 @@ struct Shared {
 }
 
 impl AppState {
-    pub fn new(limits: Limits, admission: Admission, metrics: PrometheusHandle) -> Self {
+    pub fn new(
+        limits: Limits,
+        scheduler: Scheduler,
+        plan_weights: PlanWeights,
+        metrics: PrometheusHandle,
+    ) -> Self {
         AppState {
             shared: Arc::new(Shared {
                 limits,
-                admission,
+                scheduler,
+                plan_weights,
                 ledger: Ledger::default(),
                 voices: OnceLock::new(),
                 draining: AtomicBool::new(false),
@@ -167,8 +175,13 @@ impl AppState {
         &self.shared.limits
     }
 
-    pub fn admission(&self) -> &Admission {
-        &self.shared.admission
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.shared.scheduler
+    }
+
+    /// The scheduler's share of each plan.
+    pub fn plan_weights(&self) -> &PlanWeights {
+        &self.shared.plan_weights
     }
 
     /// What runs, is reserved and is owed per tenant.

@@ -39,6 +39,8 @@ pub enum PhonemizeError {
     Crashed { status: String },
     #[error("the phonemizer process gave no answer within {0:?}; it is replaced")]
     WorkerTimedOut(Duration),
+    #[error("no phonemizer process was free within {0:?}")]
+    Busy(Duration),
 }
 
 static PHONEMIZER: OnceLock<Phonemizer> = OnceLock::new();

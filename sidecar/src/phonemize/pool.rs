@@ -2,7 +2,8 @@
 //! synthesis threads, each used by one thread at a time, started on first use and replaced
 //! when it dies, answers garbage or overruns the timeout.
 //!
-//! Every wait on a process has a deadline (the pipes are polled), so a process stuck inside
+//! A slot is held through a guard that gives it back on every path, and waiting for one is
+//! bounded too. Every wait on a process has a deadline (the pipes are polled), so a process stuck inside
 //! espeak-ng holds one request for at most the timeout and is then killed. A process that
 //! died is no proof that the text killed it (it may have been killed while idle), so the
 //! request is tried once more on a fresh process before it fails.
@@ -108,21 +109,19 @@ impl Phonemizer {
     fn ask(&self, request: &Request) -> Result<String, PhonemizeError> {
         let mut line = serde_json::to_vec(request).expect("a request of two strings serializes");
         line.push(b'\n');
-        let mut slot = self.take_slot();
-        let answer = match self.exchange(&mut slot, &line) {
+        let mut slot = self.take_slot()?;
+        match self.exchange(&mut slot, &line) {
             Err(PhonemizeError::WorkerDied { .. }) => self.exchange(&mut slot, &line),
             answer => answer,
-        };
-        self.return_slot(slot);
-        answer
+        }
     }
 
     /// One request on the slot's process, started first when the slot has none; a process
     /// that fails is retired and leaves the slot empty.
-    fn exchange(&self, slot: &mut Option<Process>, line: &[u8]) -> Result<String, PhonemizeError> {
-        let process = match slot {
+    fn exchange(&self, slot: &mut Slot<'_>, line: &[u8]) -> Result<String, PhonemizeError> {
+        let process = match &mut slot.process {
             Some(process) => process,
-            None => slot.insert(Process::start(&self.settings.program)?),
+            empty => empty.insert(Process::start(&self.settings.program)?),
         };
         match process.exchange(line, self.settings.timeout) {
             Ok(reply) => {
@@ -133,32 +132,55 @@ impl Phonemizer {
                 reply.into_result()
             }
             Err(failure) => {
-                let process = slot.take().expect("the slot held the process that failed");
+                let process = slot.process.take().expect("the slot held the process that failed");
                 Err(process.retire(failure, self.settings.timeout))
             }
         }
     }
 
-    fn take_slot(&self) -> Option<Process> {
+    /// Waits for a free slot. A slot is held for one text, whose every exchange is bounded by
+    /// the timeout, so a wait longer than twice the timeout (an answer and its one retry) means
+    /// more texts are waiting than the processes can serve: the caller is refused, not parked.
+    fn take_slot(&self) -> Result<Slot<'_>, PhonemizeError> {
+        let patience = self.settings.timeout * 2;
+        let deadline = Instant::now() + patience;
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(slot) = idle.pop() {
-                return slot;
+            if let Some(process) = idle.pop() {
+                return Ok(Slot {
+                    pool: self,
+                    process,
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PhonemizeError::Busy(patience));
             }
             idle = self
                 .slot_returned
-                .wait(idle)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(idle, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
+}
 
+/// One process slot in use; given back when dropped, on every path, a panic included.
+struct Slot<'a> {
+    pool: &'a Phonemizer,
+    /// `None` until a process is started in it, and again once a failed one is retired.
+    process: Option<Process>,
+}
+
+impl Drop for Slot<'_> {
     /// Last in, first out, so that a light load keeps using the processes already started.
-    fn return_slot(&self, slot: Option<Process>) {
-        self.idle
+    fn drop(&mut self) {
+        self.pool
+            .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(slot);
-        self.slot_returned.notify_one();
+            .push(self.process.take());
+        self.pool.slot_returned.notify_one();
     }
 }
 
@@ -304,5 +326,48 @@ fn wait_for(pipe: &impl AsRawFd, events: libc::c_short, deadline: Instant) -> Re
         if ready < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
             return Err(Failure::Died);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(timeout: Duration) -> Phonemizer {
+        Phonemizer::new(PhonemizerSettings {
+            program: PathBuf::from("/nonexistent/voxgate-phonemizer"),
+            processes: NonZeroUsize::MIN,
+            timeout,
+        })
+    }
+
+    #[test]
+    fn a_slot_comes_back_when_its_holder_panics() {
+        let phonemizer = pool(Duration::from_millis(50));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _slot = phonemizer.take_slot().expect("a free slot");
+            panic!("a holder panicked");
+        }));
+        assert!(outcome.is_err());
+        assert!(phonemizer.take_slot().is_ok());
+    }
+
+    #[test]
+    fn waiting_for_a_slot_is_bounded() {
+        let phonemizer = pool(Duration::from_millis(50));
+        let _held = phonemizer.take_slot().expect("a free slot");
+        let started = Instant::now();
+        assert!(matches!(phonemizer.take_slot(), Err(PhonemizeError::Busy(_))));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_slot_whose_process_cannot_start_is_still_given_back() {
+        let phonemizer = pool(Duration::from_millis(50));
+        assert!(matches!(
+            phonemizer.phonemize("Hello.", "en-us"),
+            Err(PhonemizeError::CannotStart { .. })
+        ));
+        assert!(phonemizer.take_slot().is_ok());
     }
 }
