@@ -45,7 +45,8 @@ class LoadRun:
 
 
 def run_closed_loop(url: str, payload: dict, clients: int, duration_s: float, drain_s: float,
-                    request_timeout_s: float, measure: Callable[[Reply], None]) -> LoadRun:
+                    request_timeout_s: float, measure: Callable[[Reply], None],
+                    headers: dict[str, str] | None = None) -> LoadRun:
     """Runs `clients` loops for `duration_s`, then waits up to `drain_s` for answers.
     `measure` is called on each reply in the client's thread (e.g. to count its audio)."""
     run = LoadRun(clients)
@@ -59,7 +60,7 @@ def run_closed_loop(url: str, payload: dict, clients: int, duration_s: float, dr
         while time.monotonic() < stop_at:
             with lock:
                 in_flight[0] += 1
-            reply = post_json(url, payload, request_timeout_s)
+            reply = post_json(url, payload, request_timeout_s, headers)
             measure(reply)
             with lock:
                 if closed[0]:

@@ -34,11 +34,12 @@ def joe_model(ctx: Context) -> Path:
     return ctx.voices_dir / f"{JOE}.onnx"
 
 
-def start_sidecar(ctx: Context) -> Server:
+def start_sidecar(ctx: Context, *flags: str, name: str = "sidecar") -> Server:
+    """The sidecar with its defaults plus `SIDECAR_FLAGS`, then `flags`."""
     port = free_port()
     argv = [str(sidecar_binary(ctx)), "--bind", "127.0.0.1", "--port", str(port),
-            "--voices-dir", str(ctx.voices_dir), "--default-voice", JOE, *SIDECAR_FLAGS]
-    server = Server("sidecar", argv, port, ctx.log_path("sidecar"), ctx.env())
+            "--voices-dir", str(ctx.voices_dir), "--default-voice", JOE, *SIDECAR_FLAGS, *flags]
+    server = Server(name, argv, port, ctx.log_path(name), ctx.env())
     server.wait_ready("/readyz", READY_TIMEOUT_S)
     return server
 

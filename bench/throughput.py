@@ -89,6 +89,7 @@ def run(ctx: Context) -> Section:
     section.tables.append(table)
     section.notes += failure_notes(subjects, runs)
 
+    side1, piper1 = figures[("sidecar", 1)], figures[("piper", 1)]
     side8, piper8, side32 = figures[("sidecar", 8)], figures[("piper", 8)], figures[("sidecar", 32)]
     refusals32 = [reply for run in runs["sidecar"][32] for reply in run.refused()]
     with_retry_after = Figure.of([sum("retry-after" in r.headers for r in refusals32) / len(refusals32)
@@ -96,6 +97,9 @@ def run(ctx: Context) -> Section:
     p99_target = Target("8 clients: sidecar ÷ piper p99 latency", side8["p99"].ratio(piper8["p99"], paired=True),
                         "<=", 0.5)
     section.targets += [
+        Target("1 client: sidecar ÷ piper audio s/s", side1["throughput"].ratio(piper1["throughput"], paired=True),
+               ">=", 1.0),
+        Target("1 client: sidecar ÷ piper p50 latency", side1["p50"].ratio(piper1["p50"], paired=True), "<=", 1.0),
         Target("8 clients: sidecar ÷ piper audio s/s", side8["throughput"].ratio(piper8["throughput"], paired=True),
                ">=", 1.3),
         p99_target,
