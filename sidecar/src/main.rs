@@ -84,6 +84,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let phonemizer = config.phonemizer_settings();
     phonemize::configure(phonemizer.clone());
     let scheduler = Scheduler::new(config.workers(), config.max_queue);
+    metrics::workers_configured(scheduler.workers());
     let state = AppState::new(
         limits,
         scheduler,

@@ -21,6 +21,7 @@ pub const AUDIO_CHARGED: &str = "voxgate_sidecar_reported_audio_milliseconds_tot
 pub const QUEUE_DEPTH: &str = "voxgate_sidecar_queue_depth";
 pub const IN_FLIGHT: &str = "voxgate_sidecar_in_flight";
 pub const REQUESTS_IN_PROGRESS: &str = "voxgate_sidecar_requests_in_progress";
+pub const WORKERS: &str = "voxgate_sidecar_workers";
 pub const VOICES: &str = "voxgate_sidecar_voices";
 pub const READY: &str = "voxgate_sidecar_ready";
 pub const PHONEMIZERS_REPLACED: &str = "voxgate_sidecar_phonemizers_replaced_total";
@@ -117,6 +118,7 @@ fn describe() {
         REQUESTS_IN_PROGRESS,
         "Requests admitted to the scheduler and not yet finished."
     );
+    describe_gauge!(WORKERS, "Synthesis workers: sentences run at once.");
     describe_gauge!(VOICES, "Voices loaded.");
     describe_counter!(
         PHONEMIZERS_REPLACED,
@@ -179,6 +181,11 @@ pub fn queue_entered() {
 
 pub fn queue_left() {
     gauge!(QUEUE_DEPTH).decrement(1.0);
+}
+
+/// The configured worker count: requests in progress beyond it are waiting for one.
+pub fn workers_configured(workers: usize) {
+    gauge!(WORKERS).set(workers as f64);
 }
 
 pub fn request_admitted() {
