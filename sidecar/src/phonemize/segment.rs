@@ -9,7 +9,11 @@
 //!   limit marks as many later words deleted as it has letters, past the end of its 300-entry
 //!   array (a few hundred one-character words such as `a.a.a,a.a.a,…` in one clause).
 //!
-//! So a run of more than [`MAX_INITIALS`] initials is cut between two of them into runs of
+//! - `'s` suffixes: espeak adds the phonemes of each `'s` ending a word to the word's phoneme
+//!   buffer without a bound, so one word of about 70 of them (`"'s"` × 70, also `’s`, `'S`)
+//!   ends in `buffer overflow detected`.
+//!
+//! So a word is cut before every [`MAX_SUFFIXES`]th `'s`, a run of more than [`MAX_INITIALS`] initials is cut between two of them into runs of
 //! nearly equal length (at least 8 each, so no lone letter is read as a word), and a clause is
 //! cut before it reaches [`MAX_WORDS`] of espeak's words. Each piece is phonemized alone and the
 //! pieces' phonemes are joined with a space: the letters are spelled as before, in groups that
@@ -19,13 +23,19 @@
 /// room for the `'s` it also copies after the last one.
 const MAX_INITIALS: usize = 16;
 
+/// `'s` suffixes one word may carry, well under the ~65 after which espeak overflows.
+const MAX_SUFFIXES: usize = 16;
+
 /// Bound on espeak's words in one clause, well under the 299 it keeps; `WordCount` counts more
 /// words than espeak makes, never fewer.
 const MAX_WORDS: usize = 200;
 
 /// `text` cut into consecutive pieces (their concatenation is `text`), each safe for espeak.
 pub(super) fn pieces(text: &str) -> Vec<&str> {
-    let cuts = clause_cuts(text, &initials_cuts(text));
+    let mut cuts = initials_cuts(text);
+    cuts.extend(suffix_cuts(text));
+    cuts.sort_unstable();
+    let cuts = clause_cuts(text, &cuts);
     let mut pieces = Vec::with_capacity(cuts.len() + 1);
     let mut start = 0;
     for cut in cuts {
@@ -205,6 +215,27 @@ fn script(c: char) -> u32 {
     }
 }
 
+/// Where a word with more than [`MAX_SUFFIXES`] `'s` suffixes is cut: before every
+/// `MAX_SUFFIXES`th after the first. Any mark other than a letter, digit or space before an `s`
+/// counts as an apostrophe: cutting too often is harmless, missing one is not.
+fn suffix_cuts(text: &str) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    let mut suffixes = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        if c.is_whitespace() {
+            suffixes = 0;
+        } else if !c.is_alphanumeric() && chars.peek().is_some_and(|&(_, next)| next == 's' || next == 'S') {
+            if suffixes == MAX_SUFFIXES {
+                cuts.push(at);
+                suffixes = 0;
+            }
+            suffixes += 1;
+        }
+    }
+    cuts
+}
+
 /// `initials` merged with the cuts that keep every clause under [`MAX_WORDS`] words, sorted.
 ///
 /// The count restarts at a cut, and after `,` `;` `:` `!` `?` followed by whitespace once the
@@ -294,6 +325,20 @@ mod tests {
             assert_eq!(cut.concat(), text);
             assert!(cut.len() >= 40 * letters / MAX_INITIALS, "{unit:?}: {} pieces", cut.len());
         }
+    }
+
+    /// Found by the `sidecar_phonemize` fuzz target: `"'s"` × 92 ended in `buffer overflow
+    /// detected` (espeak adds each suffix's phonemes to one word's buffer).
+    #[test]
+    fn a_word_of_many_possessive_suffixes_is_cut() {
+        for unit in ["'s", "\u{2019}s", "'S", "\u{2018}s"] {
+            let text = unit.repeat(92);
+            let cut = pieces(&text);
+            assert_eq!(cut.concat(), text);
+            assert_eq!(cut.len(), 92usize.div_ceil(MAX_SUFFIXES), "{unit:?}");
+        }
+        assert_eq!(pieces("the cat's toy and the dog's bone"), ["the cat's toy and the dog's bone"]);
+        assert_eq!(pieces(&"it's ".repeat(40)).len(), 1, "one suffix per word is never cut");
     }
 
     #[test]
