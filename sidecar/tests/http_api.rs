@@ -595,9 +595,9 @@ fn streaming_sends_the_first_sentence_before_the_rest_is_synthesized() {
         "voxgate_sidecar_sentences_total",
         &[("voice", JOE)],
     );
-    assert_eq!(
-        metric(&at_first_chunk, "voxgate_sidecar_in_flight", &[]),
-        1.0,
+    // A lone request's later sentences run on every idle worker.
+    assert!(
+        metric(&at_first_chunk, "voxgate_sidecar_in_flight", &[]) >= 1.0,
         "still synthesizing"
     );
     assert!(
@@ -822,7 +822,7 @@ fn graceful_shutdown_finishes_the_request_in_flight() {
         &sidecar,
         Duration::from_secs(60),
         "the request in flight",
-        |text| metric(text, "voxgate_sidecar_in_flight", &[]) == 1.0,
+        |text| metric(text, "voxgate_sidecar_in_flight", &[]) >= 1.0,
     );
     let clean_exit = sidecar.terminate_and_wait(Duration::from_secs(120));
 

@@ -39,6 +39,9 @@ pub const AUDIO_SECONDS_HEADER: &str = "x-voxgate-audio-seconds";
 /// Response header: sentences of other requests that started while this one waited for its
 /// first worker.
 pub const SENTENCES_BEFORE_HEADER: &str = "x-voxgate-sentences-before";
+/// How long after the deadline the answer waits for the synthesis to say how it ended.
+const FIRST_CHUNK_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Response header of a budget refusal: audio seconds the tenant needs to have left.
 pub const AUDIO_REQUIRED_HEADER: &str = "x-voxgate-audio-required";
 
@@ -168,16 +171,15 @@ async fn answer(
     } = synthesis::start(job, ticket, interrupt);
     let retry_after = limits.retry_after_secs;
 
-    // A request whose deadline passes before it had a worker never started: the sidecar was
-    // too busy, which the client may retry (503), unlike a synthesis too long for it (504).
-    let first = match timeout_at(deadline, chunks.recv()).await {
+    // A request whose deadline passes while busy workers keep it waiting never started: the
+    // sidecar was too busy, which the client may retry (503), unlike a synthesis too long for
+    // its deadline (504). The synthesis tells which when its deadline passes; the grace only
+    // bounds the wait should it not.
+    let first = match timeout_at(deadline + FIRST_CHUNK_GRACE, chunks.recv()).await {
         Ok(Some(Ok(first))) => first,
         Ok(None) => return Err(ended_without_audio()),
         Ok(Some(Err(JobError::QueueTimeout))) => return Err(ApiError::queue_timeout(retry_after)),
         Ok(Some(Err(error))) => return Err(job_error(error)),
-        Err(_elapsed) if sentences_before.try_recv().is_err() => {
-            return Err(ApiError::queue_timeout(retry_after));
-        }
         Err(_elapsed) => return Err(ApiError::deadline_exceeded()),
     };
     let waited = sentences_before.try_recv().ok();

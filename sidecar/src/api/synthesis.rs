@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use futures_util::future::OptionFuture;
+use futures_util::future::{FutureExt, OptionFuture};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinHandle};
@@ -152,7 +152,11 @@ impl Run {
                 biased;
                 () = self.sender.closed() => break Outcome::Cancelled(CancelReason::ClientDisconnected),
                 () = &mut deadline => {
-                    let error = if self.waited.is_some() {
+                    // Only a request kept waiting by busy workers timed out in the queue; one
+                    // whose deadline passed with a worker idle for it ran out of time itself.
+                    let kept_waiting = self.waited.is_some()
+                        && turn.as_mut().is_some_and(|turn| turn.now_or_never().is_none());
+                    let error = if kept_waiting {
                         JobError::QueueTimeout
                     } else {
                         JobError::DeadlineExceeded
