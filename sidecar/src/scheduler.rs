@@ -187,11 +187,6 @@ impl Scheduler {
     pub fn busy_workers(&self) -> usize {
         self.shared.workers - self.shared.lock().idle_workers.len()
     }
-
-    /// Sentences started since the scheduler was made.
-    pub fn sentences_started(&self) -> u64 {
-        self.shared.lock().started
-    }
 }
 
 impl Shared {
