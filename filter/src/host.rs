@@ -81,6 +81,20 @@ pub trait Host: SharedStore {
     fn dispatch_http_call(&self, cluster: &str, headers: &[(&str, &str)], timeout: Duration) -> Result<u32, HostError>;
     /// Headers and body of the HTTP call answer being delivered right now.
     fn http_call_response(&self, body_size: usize) -> Result<CallResponse, HostError>;
+    /// Starts a unary gRPC call to an Envoy cluster (HTTP/2); the answer arrives in
+    /// `on_grpc_call_response`, or a non-zero gRPC status there when the call fails or times out.
+    fn dispatch_grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// The first `size` bytes of the gRPC answer being delivered right now.
+    fn grpc_call_response(&self, size: usize) -> Result<Option<Vec<u8>>, HostError>;
+    /// Lets the request the filter paused go on to the next filter.
+    fn resume_request(&self) -> Result<(), HostError>;
     /// The plugin configuration given by Envoy, if any.
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError>;
     fn set_tick_period(&self, period: Duration) -> Result<(), HostError>;
@@ -102,6 +116,8 @@ mod abi {
     pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
     pub const BUFFER_REQUEST_BODY: u32 = 0;
     pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+    pub const BUFFER_GRPC_RECEIVE: u32 = 5;
+    pub const STREAM_HTTP_REQUEST: u32 = 0;
     pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
     pub const METRIC_COUNTER: u32 = 0;
 
@@ -117,6 +133,7 @@ mod abi {
             return_buffer_data: *mut *mut u8,
             return_buffer_size: *mut usize,
         ) -> u32;
+        pub fn proxy_continue_stream(stream_type: u32) -> u32;
         pub fn proxy_get_header_map_pairs(
             map_type: u32,
             return_map_data: *mut *mut u8,
@@ -449,6 +466,31 @@ impl Host for ProxyHost {
         Ok((headers, body))
     }
 
+    fn dispatch_grpc_call(
+        &self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        // The SDK's wrapper, for the same reason as `dispatch_http_call`: the answer is only
+        // delivered to a call its dispatcher registered. Envoy's `grpc_call` returns OK, or
+        // ParseFailure for a cluster it does not know, which the wrapper passes on.
+        proxy_wasm::hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout)
+            .map_err(|status| HostError::new("proxy_grpc_call", status as u32))
+    }
+
+    fn grpc_call_response(&self, size: usize) -> Result<Option<Vec<u8>>, HostError> {
+        self.buffer("proxy_get_buffer_bytes", abi::BUFFER_GRPC_RECEIVE, size)
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        check("proxy_continue_stream", unsafe {
+            abi::proxy_continue_stream(abi::STREAM_HTTP_REQUEST)
+        })
+    }
+
     fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {
         self.buffer("proxy_get_buffer_bytes", abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
     }
@@ -502,6 +544,16 @@ pub mod fake {
         }
     }
 
+    /// A gRPC call the flow dispatched.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct GrpcCall {
+        pub cluster: String,
+        pub service: String,
+        pub method: String,
+        pub message: Vec<u8>,
+        pub timeout: Duration,
+    }
+
     #[derive(Default)]
     pub struct FakeHost {
         pub request_headers: RefCell<Headers>,
@@ -525,6 +577,14 @@ pub mod fake {
         /// Cluster and headers of every HTTP call dispatched.
         pub http_calls: RefCell<Vec<(String, Headers)>>,
         pub http_call_answer: RefCell<CallResponse>,
+        /// Every gRPC call dispatched.
+        pub grpc_calls: RefCell<Vec<GrpcCall>>,
+        /// The message of the gRPC answer being delivered.
+        pub grpc_answer: RefCell<Option<Vec<u8>>>,
+        /// When set, dispatching a gRPC call fails with this status.
+        pub fail_grpc_dispatch: Cell<Option<u32>>,
+        /// How many times a paused request was resumed.
+        pub resumed: Cell<u32>,
         pub configuration: RefCell<Option<Vec<u8>>>,
         pub tick_period: Cell<Option<Duration>>,
         /// When set, every shared-data call fails like a broken host would.
@@ -715,6 +775,37 @@ pub mod fake {
 
         fn http_call_response(&self, _body_size: usize) -> Result<CallResponse, HostError> {
             Ok(self.http_call_answer.borrow().clone())
+        }
+
+        fn dispatch_grpc_call(
+            &self,
+            cluster: &str,
+            service: &str,
+            method: &str,
+            message: &[u8],
+            timeout: Duration,
+        ) -> Result<u32, HostError> {
+            if let Some(status) = self.fail_grpc_dispatch.get() {
+                return Err(HostError::new("proxy_grpc_call", status));
+            }
+            let mut calls = self.grpc_calls.borrow_mut();
+            calls.push(GrpcCall {
+                cluster: cluster.to_string(),
+                service: service.to_string(),
+                method: method.to_string(),
+                message: message.to_vec(),
+                timeout,
+            });
+            Ok(calls.len() as u32)
+        }
+
+        fn grpc_call_response(&self, size: usize) -> Result<Option<Vec<u8>>, HostError> {
+            Ok(self.grpc_answer.borrow().as_ref().map(|m| m[..size.min(m.len())].to_vec()))
+        }
+
+        fn resume_request(&self) -> Result<(), HostError> {
+            self.resumed.set(self.resumed.get() + 1);
+            Ok(())
         }
 
         fn plugin_configuration(&self) -> Result<Option<Vec<u8>>, HostError> {

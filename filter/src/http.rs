@@ -21,7 +21,8 @@ use crate::config::CompiledConfig;
 use crate::decision::Rejection;
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
-use crate::ratelimit::{client_key, AudioBudget, Identity, StoreError};
+use crate::ratelimit::cluster::{self, Answer, FailureMode, GlobalLimit};
+use crate::ratelimit::{client_key, AudioBudget, Identity, StoreError, Verdict};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Budget, Route};
 use crate::validate::Api;
@@ -81,6 +82,8 @@ enum Stage {
     Headers,
     /// Headers checked; the body is being buffered for validation.
     AwaitingBody,
+    /// The local buckets admitted the request; the cluster's rate-limit service is deciding.
+    AwaitingCluster,
     /// The request was let through; only response headers and the end remain.
     Forwarded,
     /// A local response was sent (or could not be).
@@ -105,8 +108,20 @@ pub struct RequestFlow {
     body_seen: usize,
     rate_limit_headers: Vec<(String, String)>,
     holds_in_flight: bool,
+    /// The headers went on before the body was checked (`hold_headers_for_body` off).
+    headers_released: bool,
+    /// The question the cluster's rate-limit service is answering.
+    pending: Option<Pending>,
     /// Envoy's clock as read during the current callback (see `now_ms`).
     now_ms: Option<u64>,
+}
+
+/// A request the local buckets admitted, waiting for the cluster tier.
+struct Pending {
+    call: u32,
+    verdict: Verdict,
+    chars: u64,
+    limits: Vec<GlobalLimit>,
 }
 
 impl RequestFlow {
@@ -126,6 +141,8 @@ impl RequestFlow {
             body_seen: 0,
             rate_limit_headers: Vec::new(),
             holds_in_flight: false,
+            headers_released: false,
+            pending: None,
             now_ms: None,
         }
     }
@@ -157,7 +174,7 @@ impl RequestFlow {
         match self.stage {
             Stage::AwaitingBody => {}
             Stage::Forwarded => return Action::Continue,
-            Stage::Headers | Stage::Answered => return Action::Pause,
+            Stage::Headers | Stage::AwaitingCluster | Stage::Answered => return Action::Pause,
         }
         let Some(guard) = self.guard.clone() else {
             return Action::Pause;
@@ -179,7 +196,7 @@ impl RequestFlow {
         match self.stage {
             Stage::AwaitingBody => {}
             Stage::Forwarded => return Action::Continue,
-            Stage::Headers | Stage::Answered => return Action::Pause,
+            Stage::Headers | Stage::AwaitingCluster | Stage::Answered => return Action::Pause,
         }
         let Some(guard) = self.guard.clone() else {
             return Action::Pause;
@@ -247,6 +264,9 @@ impl RequestFlow {
 
     /// The stream is over: give back the in-flight slot it held.
     pub fn on_log(&mut self, host: &dyn Host) {
+        if let Some(pending) = self.pending.take() {
+            self.abandon(host, &pending);
+        }
         if !self.holds_in_flight {
             return;
         }
@@ -264,6 +284,19 @@ impl RequestFlow {
                 LogLevel::Error,
                 &format!("voxgate: in-flight slot not released: {message}"),
             );
+        }
+    }
+
+    /// The client went away while the cluster tier was deciding: the request never reaches the
+    /// upstream, so what the local buckets took is given back.
+    fn abandon(&mut self, host: &dyn Host, pending: &Pending) {
+        let Some(guard) = self.guard.clone() else { return };
+        let given_back = self
+            .now_ms(host)
+            .map_err(Stop::from)
+            .and_then(|now_ms| Ok(guard.config.rate_limits.give_back(host, now_ms, &pending.verdict.receipt)?));
+        if let Err(Stop::Internal(message) | Stop::Refused(Rejection { message, .. })) = given_back {
+            host.log(LogLevel::Error, &format!("voxgate: tokens of an abandoned request not given back: {message}"));
         }
     }
 
@@ -356,6 +389,7 @@ impl RequestFlow {
             return Ok(Action::Pause);
         }
         // The body callbacks still hold every chunk until the whole body is checked.
+        self.headers_released = true;
         Ok(Action::Continue)
     }
 
@@ -503,26 +537,22 @@ impl RequestFlow {
         Ok(())
     }
 
-    /// Takes the request's cost from the rate limits and lets it through, or refuses it.
+    /// Takes the request's cost from the local rate limits, then asks the cluster tier where
+    /// one is configured, and lets the request through, or refuses it.
     fn admit(&mut self, host: &dyn Host, guard: &Guard, chars: u64) -> Result<Action, Stop> {
         let now_ms = self.now_ms(host)?;
         if self.subject.is_none() {
             // Requests without a subject are charged to their address.
             self.client_ip(host)?;
         }
+        let limiter = &guard.config.rate_limits;
         let who = Identity {
             subject: self.subject.as_deref(),
             plan: self.plan.as_deref(),
             client_addr: self.client_ip.as_deref().unwrap_or_default(),
         };
-        let verdict = guard.config.rate_limits.admit(host, now_ms, &who, chars)?;
+        let verdict = limiter.admit(host, now_ms, &who, chars)?;
         guard.metrics.cas_retries(host, verdict.cas_retries);
-        let limited = !verdict.allowed && verdict.rejection.as_ref().is_some_and(|r| r.status == 429);
-        if verdict.allowed || limited {
-            if let Some(plan) = guard.config.rate_limits.plan_name(&who) {
-                guard.metrics.plan_decision(host, plan, limited);
-            }
-        }
         if verdict.state_reset {
             host.log(
                 LogLevel::Warn,
@@ -538,28 +568,118 @@ impl RequestFlow {
             // A text larger than a bucket could ever hold is a 400, not a rate limit.
             if rejection.status == 429 {
                 guard.metrics.rate_limited(host, bucket);
+                self.count_plan_decision(host, guard, true);
             }
             return Err(rejection.into());
         }
+        let tier = limiter.cluster().filter(|tier| !tier.in_local_only(now_ms));
+        let query = tier.and_then(|tier| tier.query(&who, limiter.plan_name(&who), chars));
         if verdict.shadow_refused {
-            let bucket = verdict.refused_by.unwrap_or("unknown");
-            guard.metrics.shadow_refused(host, bucket);
-            if guard.config.logs(LogLevel::Info) {
-                let client = self.client_ip(host)?.to_string();
-                host.log(
-                    LogLevel::Info,
-                    &format!(
-                        "voxgate: shadow refusal bucket={bucket} subject={} client={client}",
-                        self.subject.as_deref().unwrap_or("-"),
-                    ),
-                );
+            self.report_shadow_refusal(host, guard, verdict.refused_by.unwrap_or("unknown"))?;
+        }
+        let (Some(tier), Some(query)) = (tier, query) else {
+            return self.forward_admitted(host, guard, verdict, chars);
+        };
+        let config = tier.config();
+        match host.dispatch_grpc_call(&config.service, cluster::SERVICE, cluster::METHOD, &query.message, tier.timeout())
+        {
+            Ok(call) => {
+                self.pending = Some(Pending { call, verdict, chars, limits: query.limits });
+                self.stage = Stage::AwaitingCluster;
+                Ok(Action::Pause)
+            }
+            Err(e) => {
+                let pending = Pending { call: 0, verdict, chars, limits: query.limits };
+                self.decide_by_cluster(host, guard, pending, Answer::Failed(format!("the call could not start: {e}")))
             }
         }
+    }
+
+    /// The cluster's rate-limit service answered (`grpc_status` 0) or the call failed.
+    pub fn on_grpc_call_response(&mut self, host: &dyn Host, call: u32, grpc_status: u32, size: usize) {
+        let Some(guard) = self.guard.clone() else { return };
+        let Some(pending) = self.pending.take_if(|p| p.call == call) else { return };
+        let Some(tier) = guard.config.rate_limits.cluster() else { return };
+        // One byte past the limit is enough to refuse an oversized answer unread.
+        let message = match grpc_status {
+            0 => host.grpc_call_response(size.min(cluster::MAX_ANSWER_BYTES + 1)).ok().map(Option::unwrap_or_default),
+            _ => None,
+        };
+        let answer = tier.answer(&pending.limits, grpc_status, message.as_deref());
+        let result = self.decide_by_cluster(host, &guard, pending, answer);
+        if self.settle(host, &guard, result) == Action::Continue {
+            if let Err(e) = host.resume_request() {
+                host.log(LogLevel::Error, &format!("voxgate: admitted request not resumed: {e}"));
+            }
+        }
+    }
+
+    /// Lets the request through, or refuses it, as the cluster tier's answer says; a refused
+    /// request gets back everything the local buckets took.
+    fn decide_by_cluster(&mut self, host: &dyn Host, guard: &Guard, pending: Pending, answer: Answer) -> Result<Action, Stop> {
+        let limiter = &guard.config.rate_limits;
+        let Some(tier) = limiter.cluster() else {
+            return Err(Stop::Internal("a cluster answer without a cluster tier".into()));
+        };
+        let now_ms = self.now_ms(host)?;
+        guard.metrics.cluster_answer(host, &answer);
+        match answer {
+            Answer::Allowed => self.forward_admitted(host, guard, pending.verdict, pending.chars),
+            Answer::OverLimit { limit, .. } if limiter.shadow() => {
+                self.report_shadow_refusal(host, guard, limit.refusal_name())?;
+                self.forward_admitted(host, guard, pending.verdict, pending.chars)
+            }
+            Answer::OverLimit { limit, retry_after_s, headers } => {
+                let retries = limiter.give_back(host, now_ms, &pending.verdict.receipt)?;
+                guard.metrics.cas_retries(host, retries);
+                let name = limit.refusal_name();
+                self.limit = Some(name.to_string());
+                guard.metrics.rate_limited(host, name);
+                self.count_plan_decision(host, guard, true);
+                let rejection = Rejection::new(
+                    429,
+                    "rate_limited",
+                    format!("rate limit reached ({name}); retry after {retry_after_s} s"),
+                );
+                Err(Rejection { headers, ..rejection }.into())
+            }
+            Answer::Failed(why) => {
+                let mode = tier.config().failure_mode;
+                if tier.should_log_failure(now_ms) {
+                    host.log(
+                        LogLevel::Warn,
+                        &format!("voxgate: cluster rate limits undecided ({why}); failure_mode {}", mode.name()),
+                    );
+                }
+                match mode {
+                    FailureMode::Deny => {
+                        let retries = limiter.give_back(host, now_ms, &pending.verdict.receipt)?;
+                        guard.metrics.cas_retries(host, retries);
+                        let rejection = Rejection::new(
+                            503,
+                            "rate_limit_unavailable",
+                            "the cluster's rate limits could not be checked; retry after 1 s",
+                        );
+                        let headers = vec![("Retry-After".to_string(), "1".to_string())];
+                        Err(Rejection { headers, ..rejection }.into())
+                    }
+                    FailureMode::Allow => self.forward_admitted(host, guard, pending.verdict, pending.chars),
+                    FailureMode::LocalOnly => {
+                        tier.start_local_only(now_ms);
+                        self.forward_admitted(host, guard, pending.verdict, pending.chars)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Lets through a request every rate-limit tier admitted.
+    fn forward_admitted(&mut self, host: &dyn Host, guard: &Guard, verdict: Verdict, chars: u64) -> Result<Action, Stop> {
+        self.count_plan_decision(host, guard, false);
         // Headers that already went on (`hold_headers_for_body` off, as in a mesh) can take no
         // more: the sidecar then prices the text without a budget, and the filter still charges
         // the audio its answer reports.
-        let headers_held = self.stage != Stage::AwaitingBody || guard.config.hold_headers_for_body;
-        if let (true, Some(audio)) = (headers_held, &verdict.audio) {
+        if let (false, Some(audio)) = (self.headers_released, &verdict.audio) {
             forward_audio_budget(host, audio)?;
         }
         self.holds_in_flight = verdict.in_flight_lease;
@@ -569,6 +689,33 @@ impl RequestFlow {
         self.record(host, "allowed");
         self.stage = Stage::Forwarded;
         Ok(Action::Continue)
+    }
+
+    /// A subject's request decided by the rate limits, counted under its plan.
+    fn count_plan_decision(&self, host: &dyn Host, guard: &Guard, limited: bool) {
+        let who = Identity {
+            subject: self.subject.as_deref(),
+            plan: self.plan.as_deref(),
+            client_addr: self.client_ip.as_deref().unwrap_or_default(),
+        };
+        if let Some(plan) = guard.config.rate_limits.plan_name(&who) {
+            guard.metrics.plan_decision(host, plan, limited);
+        }
+    }
+
+    fn report_shadow_refusal(&mut self, host: &dyn Host, guard: &Guard, bucket: &str) -> Result<(), Stop> {
+        guard.metrics.shadow_refused(host, bucket);
+        if guard.config.logs(LogLevel::Info) {
+            let client = self.client_ip(host)?.to_string();
+            host.log(
+                LogLevel::Info,
+                &format!(
+                    "voxgate: shadow refusal bucket={bucket} subject={} client={client}",
+                    self.subject.as_deref().unwrap_or("-"),
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// Lets a request through that no rate limit applies to (`budget: none`).
@@ -724,8 +871,14 @@ mod tests {
     use proxy_wasm::types::Action;
     use serde_json::{json, Value};
 
+    use prost::Message;
+
     use super::{Guard, RequestFlow};
     use crate::access_log;
+    use crate::ratelimit::cluster::{
+        self,
+        proto::{Code, DescriptorStatus, Duration, RateLimit, RateLimitRequest, RateLimitResponse, Unit},
+    };
     use crate::config::FilterConfig;
     use crate::host::fake::{FakeHost, SentResponse};
     use crate::metrics::Metrics;
@@ -1498,6 +1651,204 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&speech_headers(&token("oscar"))), Some(&too_long));
         assert_refused(&host, &exchange, 400, "text_exceeds_plan");
         assert_eq!(host.counter("voxgate.rate_limited.subject_characters"), 1, "a 400 is not a rate limit");
+    }
+
+    fn cluster_config(failure_mode: &str) -> Value {
+        let mut config = config();
+        config["rate_limits"]["cluster"] = json!({
+            "service": "voxgate_rls", "domain": "tts", "timeout_ms": 75, "failure_mode": failure_mode,
+            "local_only_seconds": 10, "limits": ["subject_requests", "subject_characters"]
+        });
+        config
+    }
+
+    fn encoded(response: &RateLimitResponse) -> Vec<u8> {
+        response.encode_to_vec()
+    }
+
+    /// Delivers the rate-limit service's answer to the call the exchange is waiting on.
+    fn cluster_answers(host: &FakeHost, exchange: &mut Exchange, grpc_status: u32, message: Option<Vec<u8>>) {
+        let call = host.grpc_calls.borrow().len() as u32;
+        let size = message.as_ref().map_or(0, Vec::len);
+        *host.grpc_answer.borrow_mut() = message;
+        exchange.flow.on_grpc_call_response(host, call, grpc_status, size);
+    }
+
+    fn ok_answer() -> Vec<u8> {
+        encoded(&RateLimitResponse { overall_code: Code::Ok as i32, statuses: vec![] })
+    }
+
+    fn speech(guard: &Rc<Guard>, host: &FakeHost, subject: &str, text: &str) -> Exchange {
+        send(guard, host, &refs(&speech_headers(&token(subject))), Some(&speech_body(text)))
+    }
+
+    #[test]
+    fn a_locally_admitted_request_waits_for_the_cluster_and_goes_on_when_it_allows() {
+        let guard = guard_from(cluster_config("deny"));
+        let host = host();
+        let mut exchange = speech(&guard, &host, "dora", "hello there");
+        assert_eq!(exchange.actions.last(), Some(&Action::Pause), "waits for the service");
+        let calls = host.grpc_calls.borrow().clone();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(
+            (calls[0].cluster.as_str(), calls[0].service.as_str(), calls[0].method.as_str()),
+            ("voxgate_rls", "envoy.service.ratelimit.v3.RateLimitService", "ShouldRateLimit")
+        );
+        assert_eq!(calls[0].timeout, std::time::Duration::from_millis(75));
+        let request = RateLimitRequest::decode(calls[0].message.as_slice()).unwrap();
+        assert_eq!(request.domain, "tts");
+        let costs: Vec<u64> = request.descriptors.iter().map(|d| d.hits_addend.as_ref().unwrap().value).collect();
+        assert_eq!(costs, vec![1, 11]);
+        assert!(access_logged(&host).0.is_empty(), "not decided yet");
+
+        cluster_answers(&host, &mut exchange, 0, Some(ok_answer()));
+        assert!(host.sent().is_none());
+        assert_eq!(host.resumed.get(), 1);
+        assert_eq!(access_logged(&host).0, "allowed");
+        assert_eq!(host.counter("voxgate.cluster.allowed"), 1);
+        assert_eq!(host.counter("voxgate.plan_decision.free.allowed"), 1);
+        answer(&host, &mut exchange, &[(":status", "200")]);
+        assert!(host.response_header("x-ratelimit-remaining").is_some(), "local headers still go out");
+    }
+
+    #[test]
+    fn a_cluster_refusal_is_a_429_from_its_answer_and_takes_nothing_from_the_local_buckets() {
+        let guard = guard_from(cluster_config("deny"));
+        let host = host();
+        let over = RateLimitResponse {
+            overall_code: Code::OverLimit as i32,
+            statuses: vec![
+                DescriptorStatus {
+                    code: Code::Ok as i32,
+                    current_limit: None,
+                    limit_remaining: 2,
+                    duration_until_reset: None,
+                },
+                DescriptorStatus {
+                    code: Code::OverLimit as i32,
+                    current_limit: Some(RateLimit { requests_per_unit: 30, unit: Unit::Hour as i32, name: String::new() }),
+                    limit_remaining: 0,
+                    duration_until_reset: Some(Duration { seconds: 1200, nanos: 0 }),
+                },
+            ],
+        };
+        // Three refusals, then three allowed: the free plan holds 3 requests locally, so the
+        // refusals must have given back every token they took.
+        for _ in 0..3 {
+            let mut exchange = speech(&guard, &host, "erin", "twenty characters!!!");
+            cluster_answers(&host, &mut exchange, 0, Some(encoded(&over)));
+            let sent = assert_refused(&host, &exchange, 429, "rate_limited");
+            assert_eq!(sent.header("retry-after"), Some("1200"));
+            assert_eq!(sent.header("x-ratelimit-limit"), Some("30, 30;w=3600;name=\"cluster_subject_characters\""));
+            assert_eq!(access_logged(&host).1, "cluster_subject_characters");
+            exchange.flow.on_log(&host);
+        }
+        assert_eq!(host.counter("voxgate.rate_limited.cluster_subject_characters"), 3);
+        assert_eq!(host.counter("voxgate.plan_decision.free.rate_limited"), 3);
+        assert_eq!(host.resumed.get(), 0);
+        for _ in 0..3 {
+            let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("erin"))))), None);
+            assert_eq!(exchange.actions.last(), Some(&Action::Pause));
+            cluster_answers(&host, &mut exchange, 0, Some(ok_answer()));
+            assert!(host.sent().is_none(), "{:?}", host.sent());
+            exchange.flow.on_log(&host);
+        }
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("erin"))))), None);
+        assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(access_logged(&host).1, "subject_requests", "the local bucket, now spent");
+    }
+
+    #[test]
+    fn deny_fails_closed_with_a_503_and_gives_the_local_tokens_back() {
+        let guard = guard_from(cluster_config("deny"));
+        let host = host();
+        let hostile: [(u32, Option<Vec<u8>>); 5] = [
+            (14, None),
+            (4, None),
+            (0, Some(vec![0xff; 9])),
+            (0, Some(vec![0x0a; cluster::MAX_ANSWER_BYTES + 10])),
+            (0, Some(encoded(&RateLimitResponse { overall_code: 9, statuses: vec![] }))),
+        ];
+        for (status, message) in hostile {
+            let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("finn"))))), None);
+            cluster_answers(&host, &mut exchange, status, message);
+            let sent = assert_refused(&host, &exchange, 503, "rate_limit_unavailable");
+            assert_eq!(sent.header("retry-after"), Some("1"));
+            exchange.flow.on_log(&host);
+        }
+        assert_eq!(host.counter("voxgate.cluster.failed"), 5);
+        let warnings = host.logs.borrow().iter().filter(|(_, m)| m.contains("undecided")).count();
+        assert_eq!(warnings, 1, "a failing service is logged once a second, not per request");
+        host.fail_grpc_dispatch.set(Some(2));
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("finn"))))), None);
+        assert_refused(&host, &exchange, 503, "rate_limit_unavailable");
+        host.fail_grpc_dispatch.set(None);
+        for _ in 0..3 {
+            let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("finn"))))), None);
+            cluster_answers(&host, &mut exchange, 0, Some(ok_answer()));
+            assert!(host.sent().is_none(), "the failures took nothing: {:?}", host.sent());
+            exchange.flow.on_log(&host);
+        }
+    }
+
+    #[test]
+    fn allow_lets_requests_through_a_failed_service_and_asks_it_again_each_time() {
+        let guard = guard_from(cluster_config("allow"));
+        let host = host();
+        for n in 1..=3 {
+            let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("gail"))))), None);
+            assert_eq!(host.grpc_calls.borrow().len(), n);
+            cluster_answers(&host, &mut exchange, 14, None);
+            assert!(host.sent().is_none());
+            assert_eq!(host.resumed.get(), n as u32);
+            exchange.flow.on_log(&host);
+        }
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("gail"))))), None);
+        assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(access_logged(&host).1, "subject_requests", "the local buckets still count");
+    }
+
+    #[test]
+    fn local_only_stops_asking_a_failed_service_for_its_pause() {
+        let guard = guard_from(cluster_config("local_only"));
+        let host = host();
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("hal"))))), None);
+        cluster_answers(&host, &mut exchange, 4, None);
+        assert!(host.sent().is_none());
+        exchange.flow.on_log(&host);
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("hal"))))), None);
+        assert_forwarded(&host, &exchange);
+        assert_eq!(host.grpc_calls.borrow().len(), 1, "no call during the pause");
+        exchange.flow.on_log(&host);
+        host.advance(10_000);
+        let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("hal"))))), None);
+        assert_eq!(exchange.actions.last(), Some(&Action::Pause));
+        assert_eq!(host.grpc_calls.borrow().len(), 2, "asked again after the pause");
+    }
+
+    #[test]
+    fn a_request_abandoned_while_the_cluster_decides_gives_its_tokens_back() {
+        let guard = guard_from(cluster_config("deny"));
+        let host = host();
+        for _ in 0..5 {
+            let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("ivy"))))), None);
+            exchange.flow.on_log(&host);
+        }
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("ivy"))))), None);
+        cluster_answers(&host, &mut exchange, 0, Some(ok_answer()));
+        assert!(host.sent().is_none(), "five abandoned requests took nothing: {:?}", host.sent());
+    }
+
+    #[test]
+    fn an_answer_to_another_call_is_ignored() {
+        let guard = guard_from(cluster_config("deny"));
+        let host = host();
+        let mut exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("jo"))))), None);
+        exchange.flow.on_grpc_call_response(&host, 99, 0, 0);
+        assert!(host.sent().is_none());
+        assert_eq!(host.resumed.get(), 0);
+        cluster_answers(&host, &mut exchange, 0, Some(ok_answer()));
+        assert_eq!(host.resumed.get(), 1);
     }
 
     /// The sidecar's answer to a forwarded request, as the flow sees its headers.

@@ -16,12 +16,13 @@
 //! | `voxgate.characters_admitted`             | `voxgate_characters_admitted`                     |
 //! | `voxgate.audio_milliseconds_charged`      | `voxgate_audio_milliseconds_charged`              |
 //! | `voxgate.cas_retries`                     | `voxgate_cas_retries`                             |
+//! | `voxgate.cluster.<result>`                | `voxgate_cluster{result="allowed"\|"over_limit"\|"failed"}` |
 //!
 //! `stats_tags` for the Envoy bootstrap (see [`STATS_TAGS`]):
 //! ```text
 //! reason   ^wasmcustom\.voxgate\.decision(\.([^.]+))$
 //! bucket   ^wasmcustom\.voxgate\.(?:rate_limited|shadow_refused)(\.([^.]+))$
-//! result   ^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$
+//! result   ^wasmcustom\.voxgate\.(?:token_cache|cluster|jwks_fetch\.[^.]+)(\.([^.]+))$
 //! provider ^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$
 //! plan     ^wasmcustom\.voxgate\.plan_decision(\.([^.]+))\.[^.]+$
 //! decision ^wasmcustom\.voxgate\.plan_decision\.[^.]+(\.([^.]+))$
@@ -35,6 +36,7 @@ use std::collections::HashMap;
 use proxy_wasm::types::LogLevel;
 
 use crate::host::Host;
+use crate::ratelimit::cluster::Answer;
 
 /// `(tag name, regex)` pairs for Envoy's `stats_config.stats_tags`.
 pub const STATS_TAGS: [(&str, &str); 6] = [
@@ -45,7 +47,7 @@ pub const STATS_TAGS: [(&str, &str); 6] = [
     ),
     (
         "result",
-        r"^wasmcustom\.voxgate\.(?:token_cache|jwks_fetch\.[^.]+)(\.([^.]+))$",
+        r"^wasmcustom\.voxgate\.(?:token_cache|cluster|jwks_fetch\.[^.]+)(\.([^.]+))$",
     ),
     ("provider", r"^wasmcustom\.voxgate\.jwks_fetch(\.([^.]+))\.[^.]+$"),
     ("plan", r"^wasmcustom\.voxgate\.plan_decision(\.([^.]+))\.[^.]+$"),
@@ -101,6 +103,16 @@ impl Metrics {
     pub fn plan_decision(&self, host: &dyn Host, plan: &str, limited: bool) {
         let decision = if limited { "rate_limited" } else { "allowed" };
         self.add(host, &format!("voxgate.plan_decision.{}.{decision}", label(plan)), 1);
+    }
+
+    /// How the cluster's rate-limit service answered: `allowed`, `over_limit` or `failed`.
+    pub fn cluster_answer(&self, host: &dyn Host, answer: &Answer) {
+        let result = match answer {
+            Answer::Allowed => "allowed",
+            Answer::OverLimit { .. } => "over_limit",
+            Answer::Failed(_) => "failed",
+        };
+        self.add(host, &format!("voxgate.cluster.{result}"), 1);
     }
 
     pub fn shadow_refused(&self, host: &dyn Host, bucket: &str) {

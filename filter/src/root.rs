@@ -238,7 +238,11 @@ struct HttpFilter {
     flow: RequestFlow,
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.flow.on_grpc_call_response(&self.host, token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

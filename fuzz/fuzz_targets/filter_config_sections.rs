@@ -1,7 +1,8 @@
 //! The configuration sections built field by field rather than from JSON text, so numbers
 //! JSON cannot carry (NaN, infinities, subnormals, `u64::MAX`) and boundary values reach
 //! `TextRules::compile`, `RateLimitConfig::compile`, `BucketTable::new` and
-//! `AuthConfig::compile`. Whatever compiles must then validate and admit requests.
+//! `AuthConfig::compile`. Whatever compiles must then validate and admit requests (and, with a
+//! cluster tier, ask it and give the admission back).
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -10,6 +11,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use voxgate_filter::auth::{AuthConfig, FailedAuthLimit, ProviderConfig, RemoteJwksConfig};
+use voxgate_filter::ratelimit::cluster::{ClusterConfig, FailureMode, GlobalLimit};
 use voxgate_filter::ratelimit::{
     BucketConfig, BucketTable, HeaderStyle, Identity, PlanConfig, RateLimitConfig, ScopeConfig,
 };
@@ -138,6 +140,35 @@ struct Limits {
     failed_auth: Bucket,
     now_ms: Count,
     chars: Count,
+    cluster: Option<Cluster>,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Cluster {
+    service: String,
+    domain: String,
+    timeout_ms: Count,
+    failure_mode: u8,
+    local_only_seconds: Count,
+    limits: Vec<u8>,
+}
+
+impl Cluster {
+    fn config(self) -> ClusterConfig {
+        ClusterConfig {
+            service: self.service,
+            domain: self.domain,
+            timeout_ms: self.timeout_ms.value(),
+            failure_mode: [FailureMode::Deny, FailureMode::Allow, FailureMode::LocalOnly]
+                [usize::from(self.failure_mode % 3)],
+            local_only_seconds: self.local_only_seconds.value(),
+            limits: self
+                .limits
+                .iter()
+                .map(|i| GlobalLimit::ALL[usize::from(*i) % GlobalLimit::ALL.len()])
+                .collect(),
+        }
+    }
 }
 
 #[derive(Arbitrary, Debug)]
@@ -232,6 +263,7 @@ fn rate_limits(l: Limits) {
         headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off]
             [usize::from(l.headers % 3)],
         in_flight_timeout_seconds: l.in_flight_timeout_seconds.value(),
+        cluster: l.cluster.map(Cluster::config),
     };
     let store = FuzzStore::with_fixed_secret();
     let now_ms = l.now_ms.value();
@@ -260,6 +292,12 @@ fn rate_limits(l: Limits) {
             for now in [now_ms, now_ms.saturating_add(1), now_ms.wrapping_sub(1)] {
                 if let Ok(verdict) = limiter.admit(&store, now, &who, chars) {
                     assert_eq!(verdict.allowed, verdict.rejection.is_none(), "{verdict:?}");
+                    if let (true, Some(tier)) = (verdict.allowed, limiter.cluster()) {
+                        // What a cluster refusal does after an admission: ask, then give back.
+                        let _ = tier.query(&who, limiter.plan_name(&who), chars);
+                        let _ = limiter.give_back(&store, now, &verdict.receipt);
+                        continue;
+                    }
                     if verdict.in_flight_lease {
                         let _ = limiter.release_in_flight(&store, &who);
                     }

@@ -9,7 +9,9 @@
 //!   again (`state_reset` only ever follows a value someone else wrote);
 //! - exactness: for buckets that never refill, no subject, address or the global scope is
 //!   admitted more often than its capacity, whatever the lost races and the store errors
-//!   (they may only cost admissions), as long as nobody rewrites the store;
+//!   (they may only cost admissions), as long as nobody rewrites the store; an admission
+//!   given back (as after a cluster refusal) counts as none, so a refund can never create
+//!   capacity;
 //! - verdicts are consistent (`allowed` iff no rejection; refusals are 429 with a positive
 //!   whole `Retry-After`, or 400 `text_exceeds_plan`);
 //! - `client_key` is idempotent, so a key never changes when re-derived.
@@ -84,10 +86,13 @@ struct Config {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
+    /// `given_back`: a later tier (the cluster's rate-limit service) refuses the request once
+    /// admitted, and everything it took is given back.
     Admit {
         subject: Option<u8>,
         address: u8,
         chars: u16,
+        given_back: bool,
     },
     Release {
         subject: Option<u8>,
@@ -159,6 +164,7 @@ fuzz_target!(|input: Input| {
                 subject,
                 address,
                 chars,
+                given_back,
             } => {
                 let (who, subject_index) = identity(*subject, *address);
                 match limiter.admit(&store, now_ms, &who, u64::from(*chars)) {
@@ -185,7 +191,16 @@ fuzz_target!(|input: Input| {
                                 assert_eq!(rejection.code, "text_exceeds_plan");
                             }
                         }
-                        if verdict.allowed && !verdict.shadow_refused {
+                        if verdict.allowed && *given_back {
+                            // Counted as never admitted: a refund that gave back more than
+                            // was taken would let a later admission pass its capacity.
+                            match limiter.give_back(&store, now_ms, &verdict.receipt) {
+                                Ok(_) | Err(StoreError::CasMismatch) => {}
+                                Err(StoreError::Other(message)) => {
+                                    panic!("the fuzz store never fails otherwise: {message}")
+                                }
+                            }
+                        } else if verdict.allowed && !verdict.shadow_refused {
                             match subject_index {
                                 Some(s) => *tally.subject_admits.entry(s).or_default() += 1,
                                 None => {
@@ -386,6 +401,7 @@ fn build(c: &Config) -> Option<(RateLimiter, BucketTable, Bounds)> {
         headers: [HeaderStyle::Draft03, HeaderStyle::Ietf, HeaderStyle::Off]
             [usize::from(c.headers % 3)],
         in_flight_timeout_seconds: u64::from(c.in_flight_timeout_seconds % 600) + 1,
+        cluster: None,
     };
     let limiter = config.compile().ok()?;
     let table = BucketTable::new(

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::bucket::{BucketSpec, MAX_CAPACITY};
+use super::cluster::ClusterConfig;
 use super::headers::HeaderStyle;
 use crate::config::ConfigError;
 
@@ -95,6 +96,8 @@ pub struct RateLimitConfig {
     pub headers: HeaderStyle,
     /// An admitted request whose end is never reported stops counting as in flight after this.
     pub in_flight_timeout_seconds: u64,
+    /// Limits enforced across every Envoy by a rate-limit service, after the local buckets.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -109,6 +112,7 @@ impl Default for RateLimitConfig {
             global: None,
             headers: HeaderStyle::Draft03,
             in_flight_timeout_seconds: 300,
+            cluster: None,
         }
     }
 }
@@ -134,6 +138,7 @@ pub(crate) struct Compiled {
     pub global: Option<CompiledBuckets>,
     pub headers: HeaderStyle,
     pub lease_ttl_ms: u64,
+    pub cluster: Option<ClusterConfig>,
 }
 
 const FIELD: &str = "rate_limits";
@@ -219,6 +224,9 @@ impl RateLimitConfig {
             .as_ref()
             .map(|s| buckets(&s.requests, &s.characters, &s.audio_seconds, &format!("{FIELD}.global")))
             .transpose()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.check(&self)?;
+        }
         Ok(Compiled {
             shadow: self.shadow,
             slots: self.slots,
@@ -229,6 +237,7 @@ impl RateLimitConfig {
             global,
             headers: self.headers,
             lease_ttl_ms: self.in_flight_timeout_seconds * 1000,
+            cluster: self.cluster,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! the text, the audio seconds its answer reports, charged after the fact.
 
 use super::charge::{self, Limit, Policy, Refusal, Status};
+use super::cluster::ClusterTier;
 use super::config::RateLimitConfig;
 use super::headers::{self, HeaderStyle, Reported};
 use super::keys::{client_key, Slot, SlotTable};
@@ -87,6 +88,41 @@ pub struct Verdict {
     pub state_reset: bool,
     /// The caller's audio budget as the sidecar is to see it, when its plan has one.
     pub audio: Option<AudioBudget>,
+    /// What an admitted request took, for `give_back` when a later tier refuses it.
+    pub receipt: Receipt,
+}
+
+/// What `admit` took from the records of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    taken: Vec<Taken>,
+}
+
+/// What was taken from one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Taken {
+    key: String,
+    /// Owner of the record charged (differs from the caller's tag on a shared slot).
+    resident_tag: u64,
+    policy: Policy,
+    costs: [u64; BUCKETS],
+    /// Tokens were taken.
+    charged: bool,
+    /// An in-flight lease was recorded.
+    lease: bool,
+}
+
+impl Taken {
+    fn of(target: &Target, charged: &Charged) -> Self {
+        Taken {
+            key: target.slot.key.clone(),
+            resident_tag: charged.resident_tag,
+            policy: charged.policy.clone(),
+            costs: charged.costs,
+            charged: charged.charged,
+            lease: charged.lease,
+        }
+    }
 }
 
 /// What the filter tells the sidecar about an admitted caller's audio budget.
@@ -122,6 +158,7 @@ impl Verdict {
             in_flight_lease: false,
             state_reset: false,
             audio: None,
+            receipt: Receipt::default(),
         }
     }
 }
@@ -138,6 +175,7 @@ pub struct RateLimiter {
     global: Option<Scope>,
     headers: HeaderStyle,
     lease_ttl_ms: u64,
+    cluster: Option<ClusterTier>,
 }
 
 /// The record a request is charged to.
@@ -187,6 +225,7 @@ impl RateLimitConfig {
             subjects,
             anonymous: c.anonymous.map(|b| scope(Kind::Anonymous, "anonymous", c.slots, single(b))),
             global: c.global.map(|b| scope(Kind::Global, "global", 1, single(b))),
+            cluster: c.cluster.map(|config| ClusterTier::new(config, c.headers)),
             headers: c.headers,
             lease_ttl_ms: c.lease_ttl_ms,
         })
@@ -198,6 +237,16 @@ fn named(kind: Kind, statuses: &[Status]) -> impl Iterator<Item = Reported> + '_
 }
 
 impl RateLimiter {
+    /// Count and report, never refuse.
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// The cluster tier, when limits are shared with the other Envoys of the deployment.
+    pub fn cluster(&self) -> Option<&ClusterTier> {
+        self.cluster.as_ref()
+    }
+
     /// The claim whose value selects a subject's plan.
     pub fn plan_claim(&self) -> &str {
         &self.plan_claim
@@ -270,7 +319,10 @@ impl RateLimiter {
             if refused {
                 if let (Some(first), Some(first_charge)) = (&first, &first_charge) {
                     let drop_lease = !self.shadow || outcome.is_err();
-                    self.undo(store, now_ms, first, first_charge, drop_lease, &mut verdict)?;
+                    verdict.cas_retries += self.undo(store, now_ms, &Taken::of(first, first_charge), drop_lease)?;
+                    if drop_lease {
+                        verdict.in_flight_lease = false;
+                    }
                 }
             }
             let charged = outcome?;
@@ -284,10 +336,24 @@ impl RateLimiter {
                 return Ok(self.refuse(verdict, Kind::Global, &charged.refusals, shown));
             }
             reported.extend(named(Kind::Global, &charged.after));
+            verdict.receipt.taken.push(Taken::of(target, &charged));
+        }
+        if let (Some(target), Some(charged)) = (&first, &first_charge) {
+            verdict.receipt.taken.insert(0, Taken::of(target, charged));
         }
 
         verdict.headers = headers::render(self.headers, &reported, headers::most_constraining(&reported));
         Ok(verdict)
+    }
+
+    /// Gives back everything an admitted request took (tokens and its in-flight lease), when a
+    /// later tier refused it. Returns the CAS retries.
+    pub fn give_back(&self, store: &dyn SharedStore, now_ms: u64, receipt: &Receipt) -> Result<u32, StoreError> {
+        let mut retries = 0;
+        for taken in &receipt.taken {
+            retries += self.undo(store, now_ms, taken, true)?;
+        }
+        Ok(retries)
     }
 
     /// Ends one in-flight request of `who`, admitted earlier with `in_flight_lease` set.
@@ -423,41 +489,29 @@ impl RateLimiter {
         Ok(charged)
     }
 
-    /// Gives back what `charge` took from the first record when the global record refuses.
+    /// Gives back what `charge` took from one record (and its lease, with `drop_lease`).
     /// Nothing is given back if the slot changed owner in between (it then holds someone
-    /// else's record, already full).
-    fn undo(
-        &self,
-        store: &dyn SharedStore,
-        now_ms: u64,
-        target: &Target,
-        charged: &Charged,
-        drop_lease: bool,
-        verdict: &mut Verdict,
-    ) -> Result<(), StoreError> {
-        let drop_lease = drop_lease && charged.lease;
-        if !charged.charged && !drop_lease {
-            return Ok(());
+    /// else's record, already full). Returns the CAS retries.
+    fn undo(&self, store: &dyn SharedStore, now_ms: u64, taken: &Taken, drop_lease: bool) -> Result<u32, StoreError> {
+        let drop_lease = drop_lease && taken.lease;
+        if !taken.charged && !drop_lease {
+            return Ok(0);
         }
-        let ((), retries) = store::update(store, &target.slot.key, |stored| {
+        let ((), retries) = store::update(store, &taken.key, |stored| {
             let record = stored.and_then(|bytes| Record::decode(bytes, BUCKETS));
-            let Some(mut record) = record.filter(|r| r.tag == charged.resident_tag) else {
+            let Some(mut record) = record.filter(|r| r.tag == taken.resident_tag) else {
                 return Step { write: None, result: () };
             };
-            charge::settle(&mut record, &charged.policy, now_ms, self.lease_ttl_ms);
-            if charged.charged {
-                charge::refund(&mut record, &charged.policy, &charged.costs);
+            charge::settle(&mut record, &taken.policy, now_ms, self.lease_ttl_ms);
+            if taken.charged {
+                charge::refund(&mut record, &taken.policy, &taken.costs);
             }
             if drop_lease {
                 charge::remove_lease(&mut record);
             }
             Step { write: Some(record.encode()), result: () }
         })?;
-        verdict.cas_retries += retries;
-        if drop_lease {
-            verdict.in_flight_lease = false;
-        }
-        Ok(())
+        Ok(retries)
     }
 
     fn refuse(&self, mut verdict: Verdict, kind: Kind, refusals: &[Refusal], shown: Vec<Reported>) -> Verdict {

@@ -8,6 +8,7 @@
 
 mod bucket;
 mod charge;
+pub mod cluster;
 mod config;
 mod headers;
 mod keys;
@@ -25,6 +26,6 @@ pub use bucket::{BucketSpec, MAX_CAPACITY, NEVER_REFILLS_SECS};
 pub use config::{BucketConfig, PlanConfig, RateLimitConfig, ScopeConfig};
 pub use headers::HeaderStyle;
 pub use keys::client_key;
-pub use limiter::{AudioBudget, AudioRefusal, Identity, RateLimiter, Verdict};
+pub use limiter::{AudioBudget, AudioRefusal, Identity, RateLimiter, Receipt, Verdict};
 pub use store::{SharedStore, StoreError, CREATE_ONLY, MAX_CAS_ATTEMPTS};
 pub use table::{BucketTable, Take};
