@@ -432,17 +432,50 @@ impl OggOpus {
 
 fn flac(sample_rate: u32, samples: &[i32]) -> Result<Vec<u8>, String> {
     use flacenc::component::BitRepr;
+
+    let stream = flac_stream(sample_rate, samples)?;
+    let mut sink = flacenc::bitsink::ByteSink::new();
+    stream.write(&mut sink).map_err(|e| format!("{e:?}"))?;
+    Ok(sink.as_slice().to_vec())
+}
+
+/// The shortest frame flacenc encodes.
+const MIN_FLAC_BLOCK: usize = 64;
+
+/// The samples as FLAC frames of the encoder's block size, the last one only as long as what
+/// is left: `encode_with_fixed_block_size` pads the last block to full size with silence,
+/// which decoders play (up to 0.19 s at 22050 Hz). flacenc's shortest frame is
+/// `MIN_FLAC_BLOCK` samples, so a shorter tail is padded to that (under 3 ms).
+fn flac_stream(sample_rate: u32, samples: &[i32]) -> Result<flacenc::component::Stream, String> {
     use flacenc::error::Verify;
+    use flacenc::source::{Context, Fill, FrameBuf};
 
     let config = flacenc::config::Encoder::default()
         .into_verified()
         .map_err(|(_, e)| format!("{e:?}"))?;
-    let source = flacenc::source::MemSource::from_samples(samples, 1, 16, sample_rate as usize);
-    let stream = flacenc::encode_with_fixed_block_size(&config, source, config.block_size)
-        .map_err(|e| format!("{e:?}"))?;
-    let mut sink = flacenc::bitsink::ByteSink::new();
-    stream.write(&mut sink).map_err(|e| format!("{e:?}"))?;
-    Ok(sink.as_slice().to_vec())
+    let debug = |e: &dyn std::fmt::Debug| format!("{e:?}");
+    let mut samples = samples.to_vec();
+    let tail = samples.len() % config.block_size;
+    if tail != 0 && tail < MIN_FLAC_BLOCK {
+        samples.resize(samples.len() - tail + MIN_FLAC_BLOCK, 0);
+    }
+    // The header's checksum first: every sample is here already. Each frame added counts its
+    // samples into the header's total.
+    let mut context = Context::new(16, 1, config.block_size);
+    for block in samples.chunks(config.block_size) {
+        context.fill_interleaved(block).map_err(|e| debug(&e))?;
+    }
+    let mut info = flacenc::component::StreamInfo::new(sample_rate as usize, 1, 16).map_err(|e| debug(&e))?;
+    info.set_md5_digest(&context.md5_digest());
+    let mut stream = flacenc::component::Stream::with_stream_info(info);
+    for (number, block) in samples.chunks(config.block_size).enumerate() {
+        let mut frame = FrameBuf::with_size(1, block.len()).map_err(|e| debug(&e))?;
+        frame.fill_interleaved(block).map_err(|e| debug(&e))?;
+        let encoded = flacenc::encode_fixed_size_frame(&config, &frame, number, stream.stream_info())
+            .map_err(|e| debug(&e))?;
+        stream.add_frame(encoded);
+    }
+    Ok(stream)
 }
 
 #[cfg(test)]
@@ -492,6 +525,17 @@ mod tests {
         assert_eq!(wav.len(), audio::WAV_HEADER_LEN + 44100);
         assert_eq!(encode(ResponseFormat::Wav, true).len(), wav.len());
         assert_eq!(encode(ResponseFormat::Pcm, true), tone());
+    }
+
+    #[test]
+    fn flac_frames_hold_exactly_the_samples_without_padding() {
+        for (count, padded) in [(1, 64), (4095, 4095), (4096, 4096), (4097, 4096 + 64), (4200, 4200), (22050, 22050)] {
+            let samples: Vec<i32> = (0..count).map(|i| (i % 200) as i32 - 100).collect();
+            let stream = flac_stream(22050, &samples).unwrap();
+            let held: usize = (0..stream.frame_count()).map(|n| stream.frame(n).unwrap().block_size()).sum();
+            assert_eq!(held, padded, "{count} samples");
+            assert_eq!(stream.stream_info().total_samples(), padded);
+        }
     }
 
     #[test]
