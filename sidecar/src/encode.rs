@@ -530,7 +530,7 @@ mod tests {
     #[test]
     fn flac_frames_hold_exactly_the_samples_without_padding() {
         for (count, padded) in [(1, 64), (4095, 4095), (4096, 4096), (4097, 4096 + 64), (4200, 4200), (22050, 22050)] {
-            let samples: Vec<i32> = (0..count).map(|i| (i % 200) as i32 - 100).collect();
+            let samples: Vec<i32> = (0..count).map(|i| (i % 200) - 100).collect();
             let stream = flac_stream(22050, &samples).unwrap();
             let held: usize = (0..stream.frame_count()).map(|n| stream.frame(n).unwrap().block_size()).sum();
             assert_eq!(held, padded, "{count} samples");
