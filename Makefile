@@ -26,7 +26,7 @@ setup:
 	@tools/setup.sh
 
 build: setup
-	cargo build --release -p voxgate-sidecar
+	cargo build --release -p voxgate-sidecar -p voxgate-rls
 	cargo build -p voxgate-filter --target wasm32-wasip1 --profile wasm
 
 # The filter module as an OCI image (one layer, /plugin.wasm) for Istio's WasmPlugin.
@@ -65,6 +65,7 @@ token:
 bench: build
 	@bench/setup.sh
 	cargo build --release -p voxgate-sidecar --example rtf_floor
+	cargo build --release -p voxgate-rls --example rls_load
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/wasm-floor/Cargo.toml --target-dir target
 	$(PYTHON) -m bench $(if $(BENCH),--only '$(BENCH)') $(if $(QUICK),--quick)
 

@@ -12,8 +12,9 @@ DEPS=.deps
 mkdir -p "$DEPS/bin" "$DEPS/lib" "$DEPS/voices"
 
 # prometheus (with promtool) and nginx for the operating tests, umoci for the filter's OCI image;
-# libmp3lame and libopus encode mp3 and opus answers, ffmpeg decodes them in the tests.
-apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config prometheus nginx umoci libmp3lame-dev libopus-dev ffmpeg)
+# libmp3lame and libopus encode mp3 and opus answers, ffmpeg decodes them in the tests;
+# redis-server holds the cluster-wide counters of voxgate-rls.
+apt_packages=(espeak-ng libespeak-ng1 libespeak-ng-dev pkg-config prometheus nginx umoci libmp3lame-dev libopus-dev ffmpeg redis-server)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
