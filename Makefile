@@ -11,11 +11,12 @@ PYTHON := $(DEPS)/venv/bin/python
 WASM := target/wasm32-wasip1/wasm/voxgate_filter.wasm
 SIDECAR := target/release/voxgate-sidecar
 
-.PHONY: help setup build filter-image test run stop token bench fuzz fuzz-ci clean
+.PHONY: help setup build filter-image test run run-cluster stop token bench fuzz fuzz-ci clean
 
 help:
 	@echo "make run    build and start the sidecar and Envoy, print a working curl"
-	@echo "make stop   stop what make run started"
+	@echo "make run-cluster  Redis, voxgate-rls and three Envoys sharing one budget (cluster-wide limits)"
+	@echo "make stop   stop what make run or make run-cluster started"
 	@echo "make test   unit, component and end-to-end tests"
 	@echo "make filter-image  the filter as an OCI image layout in target/oci/voxgate-filter (Istio WasmPlugin)"
 	@echo "make token  print a dev JWT (SUB=, EXP=, NBF=, AUD=, ISS=, SCOPE=, ALG=, PLAN=, KID=)"
@@ -48,6 +49,10 @@ fuzz-ci: setup
 
 run: build
 	@$(PYTHON) -m tools.voxgate_run start
+
+# Cluster-wide limits on loopback: Redis, voxgate-rls and three Envoys sharing one budget.
+run-cluster: build
+	@$(PYTHON) -m tools.voxgate_run start-cluster
 
 stop:
 	@[ ! -x $(PYTHON) ] || $(PYTHON) -m tools.voxgate_run stop

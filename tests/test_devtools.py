@@ -17,6 +17,7 @@ from tools import devkeys, devtoken, render_envoy
 REPO_ROOT = render_envoy.REPO_ROOT
 ISTIO_MANIFEST = REPO_ROOT / "envoy" / "istio" / "wasmplugin.yaml"
 ISTIO_JWT_AUTHN_MANIFEST = REPO_ROOT / "envoy" / "istio" / "jwt-authn.yaml"
+K8S_RATELIMIT = REPO_ROOT / "envoy" / "k8s" / "ratelimit.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def rendered(tmp_path, filter_config, **params):
 def test_rendered_bootstrap_carries_ports_and_filter_config(keys, tmp_path):
     config = render_envoy.filter_config(keys.jwks())
     _, bootstrap = rendered(tmp_path, config, listen_port=10100, admin_port=10101, sidecar_port=10102,
-                            jwks_port=10103)
+                            jwks_port=10103, rls_port=10104)
     assert bootstrap["admin"]["address"]["socket_address"]["port_value"] == 10101
     listener = bootstrap["static_resources"]["listeners"][0]
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10100}
@@ -117,7 +118,8 @@ def test_rendered_bootstrap_carries_ports_and_filter_config(keys, tmp_path):
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     ports = {name: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
              ["socket_address"]["port_value"] for name, c in clusters.items()}
-    assert ports == {"voxgate_sidecar": 10102, "jwks": 10103}
+    assert ports == {"voxgate_sidecar": 10102, "jwks": 10103, "voxgate_rls": 10104}
+    assert "http2_protocol_options" in json.dumps(clusters["voxgate_rls"]), "gRPC needs HTTP/2"
 
 
 def test_envoy_accepts_the_default_bootstrap(keys, tmp_path):
@@ -136,6 +138,8 @@ def test_istio_plugin_config_matches_the_local_one_except_providers():
     assert (plugin["spec"]["phase"], plugin["spec"]["failStrategy"]) == ("AUTHN", "FAIL_CLOSE")
     istio, local = dict(plugin["spec"]["pluginConfig"]), json.loads(render_envoy.FILTER_CONFIG.read_text())
     assert istio.pop("hold_headers_for_body") is False, "WasmPlugin cannot hold headers for a body"
+    istio["rate_limits"] = dict(istio["rate_limits"])
+    assert istio["rate_limits"].pop("cluster")["service"].startswith("outbound|"), "limits across replicas"
     assert set(istio) == set(local)
     for section in local:
         if section == "auth":
@@ -143,6 +147,26 @@ def test_istio_plugin_config_matches_the_local_one_except_providers():
             assert strip(istio["auth"]) == strip(local["auth"])
         else:
             assert istio[section] == local[section], section
+
+
+def test_the_rate_limit_service_counts_with_the_plugin_config_and_is_the_cluster_it_names():
+    documents = {d["kind"] + "/" + d["metadata"]["name"]: d for d in yaml.safe_load_all(K8S_RATELIMIT.read_text())}
+    plugin_config = istio_documents()[0]["spec"]["pluginConfig"]
+    config_map = documents["ConfigMap/voxgate-rls-config"]
+    assert json.loads(config_map["data"]["filter-config.json"]) == plugin_config, "one set of limits"
+    deployment = documents["Deployment/voxgate-rls"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    [mount] = container["volumeMounts"]
+    assert f"--config={mount['mountPath']}/filter-config.json" in container["args"]
+    service = documents["Service/voxgate-rls"]
+    [port] = service["spec"]["ports"]
+    assert port["appProtocol"] == "grpc", "Istio's outbound cluster must speak HTTP/2"
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    assert plugin_config["rate_limits"]["cluster"]["service"] == f"outbound|{port['port']}||{host}"
+    redis = documents["Service/voxgate-redis"]
+    redis_host = f"{redis['metadata']['name']}.{redis['metadata']['namespace']}.svc.cluster.local"
+    assert f"--redis=redis://{redis_host}:{redis['spec']['ports'][0]['port']}/0" in container["args"]
+    assert "--appendonly" in documents["StatefulSet/voxgate-redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_envoy_accepts_the_istio_plugin_config(tmp_path):

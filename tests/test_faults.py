@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from gate_checks import sidecar_requests, wasm_traps
 from harness import PIPER_VOICE, Envoy, Sidecar, free_port
@@ -238,11 +239,12 @@ class TightBreakerEnvoy(Envoy):
 
     def render(self) -> Path:
         path = super().render()
-        text = path.read_text()
-        for name, value in self.LIMITS.items():
-            text, count = re.subn(rf"\b{name}: \d+", f"{name}: {value}", text)
-            assert count == 1, f"the bootstrap has no single {name}"
-        path.write_text(text)
+        bootstrap = yaml.safe_load(path.read_text())
+        [sidecar] = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "voxgate_sidecar"]
+        [thresholds] = sidecar["circuit_breakers"]["thresholds"]
+        assert set(self.LIMITS) <= set(thresholds), thresholds
+        thresholds.update(self.LIMITS)
+        path.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
         return path
 
 

@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import tarfile
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,7 @@ SCRIPT = REPO_ROOT / "tools" / "filter_image.sh"
 VERSION = re.search(r'^version = "(.+)"', (REPO_ROOT / "Cargo.toml").read_text(), re.M).group(1)
 FILTER_IMAGE = "registry.example.com/voxgate/filter"
 SIDECAR_IMAGE = "registry.example.com/voxgate/sidecar"
+RLS_IMAGE = "registry.example.com/voxgate/rls"
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 
@@ -85,3 +87,17 @@ def test_the_manifests_reference_the_images_this_repository_builds():
     assert container["image"] == f"{SIDECAR_IMAGE}:{VERSION}"
     containerfile = (REPO_ROOT / "sidecar" / "Containerfile").read_text()
     assert f"-t {SIDECAR_IMAGE}:{VERSION} ." in containerfile, "the documented build command tags that image"
+
+    rls = next(d for d in yaml.safe_load_all((REPO_ROOT / "envoy" / "k8s" / "ratelimit.yaml").read_text())
+               if d and d["kind"] == "Deployment")
+    [container] = rls["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{RLS_IMAGE}:{VERSION}"
+    assert f"-t {RLS_IMAGE}:{VERSION} ." in (REPO_ROOT / "rls" / "Containerfile").read_text()
+
+
+def test_the_image_builds_copy_every_workspace_member():
+    """A Containerfile that leaves a workspace member out cannot run `cargo build --locked`."""
+    members = tomllib.loads((REPO_ROOT / "Cargo.toml").read_text())["workspace"]["members"]
+    for containerfile in (REPO_ROOT / "sidecar" / "Containerfile", REPO_ROOT / "rls" / "Containerfile"):
+        text = containerfile.read_text()
+        assert all(f"COPY {m} {m}" in text for m in members), containerfile

@@ -1,6 +1,7 @@
 """The local run (`make run` / `make stop`): the printed curl line speaks, a second start
-restarts cleanly, stop leaves nothing running. Uses its own folder and free ports, so a stack
-the developer already runs is left alone."""
+restarts cleanly, stop leaves nothing running; `make run-cluster`: the printed loop shows one
+budget across three Envoys. Uses its own folder and free ports, so a stack the developer already
+runs is left alone."""
 
 import os
 import subprocess
@@ -19,7 +20,8 @@ def launcher(tmp_path):
     env = dict(os.environ,
                VOXGATE_RUN_DIR=str(tmp_path / "run"), VOXGATE_KEYS_DIR=str(tmp_path / "keys"),
                VOXGATE_LISTEN_PORT=str(free_port()), VOXGATE_ADMIN_PORT=str(free_port()),
-               VOXGATE_SIDECAR_PORT=str(free_port()))
+               VOXGATE_SIDECAR_PORT=str(free_port()), VOXGATE_REDIS_PORT=str(free_port()),
+               VOXGATE_RLS_PORT=str(free_port()), VOXGATE_RLS_ADMIN_PORT=str(free_port()))
 
     def run(action):
         return subprocess.run([sys.executable, "-m", "tools.voxgate_run", action], cwd=REPO_ROOT, env=env,
@@ -62,3 +64,25 @@ def test_stop_with_nothing_running_is_harmless(launcher):
     run, _ = launcher
     result = run("stop")
     assert result.returncode == 0 and "nothing was running" in result.stdout
+
+
+CLUSTER_SERVICES = ("redis", "rls", "sidecar", "envoy", "envoy-1", "envoy-2")
+
+
+def test_start_cluster_shares_one_budget_across_three_envoys(launcher, tmp_path):
+    run, run_dir = launcher
+    started = run("start-cluster")
+    assert started.returncode == 0, started.stdout + started.stderr
+    [loop] = [line for line in started.stdout.splitlines() if line.startswith("for url in")]
+    codes = subprocess.run(["bash", "-c", loop], check=True, timeout=120, capture_output=True, text=True).stdout
+    # The shipped free plan: 10 requests, whichever Envoy serves them.
+    assert codes.split() == ["200"] * 10 + ["429"] * 2, codes
+    [curl] = [line for line in started.stdout.splitlines() if line.startswith("curl ")]
+    subprocess.run(["bash", "-c", curl], cwd=tmp_path, check=True, timeout=120)
+    assert (tmp_path / "hello.mp3").stat().st_size > 1000
+
+    running = {name: int((run_dir / f"{name}.pid").read_text()) for name in CLUSTER_SERVICES}
+    assert all(procs.is_running(pid) for pid in running.values())
+    stopped = run("stop")
+    assert stopped.returncode == 0 and all(name in stopped.stdout for name in CLUSTER_SERVICES), stopped.stdout
+    assert not any(procs.is_running(pid) for pid in running.values())

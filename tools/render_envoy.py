@@ -74,6 +74,8 @@ class EnvoyParams:
     admin_port: int = 9901
     sidecar_port: int = 5002
     jwks_port: int = 8081
+    # The `voxgate_rls` cluster: the rate-limit service of `rate_limits.cluster`.
+    rls_port: int = 8091
     wasm_path: Path = WASM
     access_log: Path = field(default_factory=lambda: REPO_ROOT / ".run" / "envoy-access.log")
     mesh: bool = False
@@ -84,13 +86,14 @@ class EnvoyParams:
 
     @classmethod
     def from_env(cls, filter_config: dict, **overrides) -> "EnvoyParams":
-        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT;
-        trusted proxies from VOXGATE_XFF_TRUSTED_HOPS."""
+        """Ports from VOXGATE_LISTEN_PORT, VOXGATE_ADMIN_PORT, VOXGATE_SIDECAR_PORT, VOXGATE_JWKS_PORT,
+        VOXGATE_RLS_PORT; trusted proxies from VOXGATE_XFF_TRUSTED_HOPS."""
         values = dict(
             listen_port=env_port("VOXGATE_LISTEN_PORT", 10000),
             admin_port=env_port("VOXGATE_ADMIN_PORT", 9901),
             sidecar_port=env_port("VOXGATE_SIDECAR_PORT", 5002),
             jwks_port=env_port("VOXGATE_JWKS_PORT", 8081),
+            rls_port=env_port("VOXGATE_RLS_PORT", 8091),
             xff_trusted_hops=env_count("VOXGATE_XFF_TRUSTED_HOPS", 0),
         )
         values.update(overrides)
@@ -151,6 +154,7 @@ def render(params: EnvoyParams, template: Path = TEMPLATE) -> str:
         "ADMIN_PORT": params.admin_port,
         "SIDECAR_PORT": params.sidecar_port,
         "JWKS_PORT": params.jwks_port,
+        "RLS_PORT": params.rls_port,
         "XFF_TRUSTED_HOPS": params.xff_trusted_hops,
         "WASM_PATH": str(params.wasm_path),
         "ACCESS_LOG": str(params.access_log),

@@ -1,0 +1,328 @@
+"""End to end: one budget across three Envoys, kept by the real voxgate-rls over a real Redis.
+
+Three Envoys with the filter sit in front of the session's sidecar, each with its own shared
+data (its own local buckets), all asking one rate-limit service. The plan's numbers are the same
+in the local buckets and in the service (one configuration file for both), so without the
+cluster tier a subject would get three times its budget. Every check uses fresh subjects.
+
+Then the failures: Redis and the service are killed and restarted under each failure mode, and
+a hostile endpoint of the protocol answers garbage, oversized, unknown or no answers at all. No
+request may hang: every one is sent with a client timeout, which would fail the test.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+import requests
+
+from harness.cluster import RateLimitService, Redis
+from harness.ports import free_port
+
+MODELS = "/v1/models"
+SPEECH = "/v1/audio/speech"
+# The Coqui fixture with characters as tokens: synthesizing it takes milliseconds.
+FAST_VOICE = "coqui_vits_chars"
+TIMEOUT = 30
+SUBJECTS = 50
+REQUEST_BUDGET = 5
+CHARACTER_BUDGET = 10
+SHORT_TEXT = "Hi."
+RLS_TIMEOUT_MS = 200
+
+
+def cluster_filter_config(stack, rls_port: int, failure_mode: str = "deny", local_only_seconds: int = 5) -> dict:
+    config = stack.filter_config(metered_metadata=True)
+    limits = config["rate_limits"]
+    limits["plans"] = {
+        "free": {"requests": {"capacity": REQUEST_BUDGET, "refill_per_second": 0},
+                 "characters": {"capacity": CHARACTER_BUDGET, "refill_per_second": 0}},
+    }
+    limits["default_plan"] = "free"
+    limits.pop("anonymous", None)
+    limits.pop("global", None)
+    limits["cluster"] = {
+        "service": "voxgate_rls", "domain": "voxgate", "timeout_ms": RLS_TIMEOUT_MS,
+        "failure_mode": failure_mode, "local_only_seconds": local_only_seconds,
+        "limits": ["subject_requests", "subject_characters"],
+    }
+    return config
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    server = Redis(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def rls(stack, redis, tmp_path_factory):
+    service = RateLimitService(tmp_path_factory.mktemp("rls"), cluster_filter_config(stack, 0), redis,
+                               storage_timeout_ms=RLS_TIMEOUT_MS // 2).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def envoys(stack, rls):
+    started = [stack.new_envoy(cluster_filter_config(stack, rls.port), rls_port=rls.port).start()
+               for _ in range(3)]
+    try:
+        yield started
+    finally:
+        for envoy in started:
+            envoy.stop()
+
+
+def fresh_subject(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:10]}"
+
+
+def bearer(stack, subject: str) -> dict:
+    return {"Authorization": f"Bearer {stack.token(sub=subject)}"}
+
+
+def models(session: requests.Session, envoy, headers: dict) -> requests.Response:
+    return session.get(f"{envoy.url}{MODELS}", headers=headers, timeout=TIMEOUT)
+
+
+def speech(session: requests.Session, envoy, headers: dict, text: str = SHORT_TEXT) -> requests.Response:
+    body = {"model": "tts-1", "input": text, "voice": FAST_VOICE, "response_format": "wav"}
+    return session.post(f"{envoy.url}{SPEECH}", json=body, headers=headers, timeout=TIMEOUT)
+
+
+def error_code(response: requests.Response) -> str | None:
+    try:
+        return response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    if not hasattr(_local, "session"):
+        _local.session = requests.Session()
+    return _local.session
+
+
+def flood(stack, envoys, send, per_subject: int, tag: str) -> dict[str, list[requests.Response]]:
+    """`per_subject` requests from each of SUBJECTS fresh subjects, sent concurrently and spread
+    over every Envoy in turn; the answers by subject."""
+    subjects = [fresh_subject(tag) for _ in range(SUBJECTS)]
+    headers = {s: bearer(stack, s) for s in subjects}
+    jobs = [(s, envoys[(i + n) % len(envoys)]) for n in range(per_subject) for i, s in enumerate(subjects)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda job: (job[0], send(session(), job[1], headers[job[0]])), jobs))
+    by_subject: dict[str, list[requests.Response]] = {s: [] for s in subjects}
+    for subject, answer in answers:
+        by_subject[subject].append(answer)
+    return by_subject
+
+
+def test_three_envoys_allow_each_subject_exactly_its_request_budget(stack, envoys):
+    by_subject = flood(stack, envoys, models, per_subject=4 * REQUEST_BUDGET, tag="requests")
+    for subject, answers in by_subject.items():
+        statuses = sorted(a.status_code for a in answers)
+        assert set(statuses) <= {200, 429}, (subject, statuses, [a.text for a in answers if a.status_code not in (200, 429)])
+        assert statuses.count(200) == REQUEST_BUDGET, (subject, statuses)
+        refused = [a for a in answers if a.status_code == 429]
+        assert all(error_code(a) == "rate_limited" and a.headers.get("Retry-After") for a in refused)
+        # Every pod saw fewer requests than its local bucket holds: only the cluster refused.
+        assert all("cluster_subject_requests" in a.json()["error"]["message"] for a in refused), subject
+
+
+def test_three_envoys_allow_each_subject_exactly_its_character_budget(stack, envoys):
+    by_subject = flood(stack, envoys, speech, per_subject=2 * (CHARACTER_BUDGET // len(SHORT_TEXT)), tag="chars")
+    for subject, answers in by_subject.items():
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 429}, (subject, statuses)
+        allowed_chars = statuses.count(200) * len(SHORT_TEXT)
+        assert allowed_chars == CHARACTER_BUDGET // len(SHORT_TEXT) * len(SHORT_TEXT), (subject, statuses)
+        assert all("cluster_subject_characters" in a.json()["error"]["message"] for a in answers if a.status_code == 429)
+
+
+def test_a_subject_refused_by_the_cluster_keeps_its_local_tokens(stack, envoys):
+    subject = fresh_subject("local")
+    headers = bearer(stack, subject)
+    with requests.Session() as s:
+        spent = [models(s, envoys[1], headers).status_code for _ in range(REQUEST_BUDGET)]
+        assert spent == [200] * REQUEST_BUDGET
+        # Envoy 0 has seen nothing of this subject: its local bucket holds the whole budget. Had
+        # the cluster's refusals taken from it, the last ones would name the local limit.
+        refused = [models(s, envoys[0], headers) for _ in range(2 * REQUEST_BUDGET)]
+    assert [a.status_code for a in refused] == [429] * (2 * REQUEST_BUDGET)
+    limits = {a.json()["error"]["message"].split("(")[1].split(")")[0] for a in refused}
+    assert limits == {"cluster_subject_requests"}
+    assert int(refused[0].headers["X-RateLimit-Remaining"]) == 0
+    assert int(refused[0].headers["Retry-After"]) >= 1
+    stats = envoys[0].stats()
+    assert stats.value("voxgate_rate_limited", bucket="cluster_subject_requests") >= 2 * REQUEST_BUDGET
+
+
+def test_the_service_reports_its_decisions_and_readiness(rls, envoys):
+    assert rls.ready()
+    metrics = rls.metrics()
+    assert metrics.value("voxgate_rls_storage_up") == 1
+    assert metrics.value("voxgate_rls_requests_total", result="ok") > 0
+    assert metrics.value("voxgate_rls_requests_total", result="over_limit") > 0
+
+
+@pytest.fixture(scope="module")
+def mode_envoys(stack, rls):
+    """One single-worker Envoy per failure mode (a `local_only` pause is kept per worker)."""
+    started = {mode: stack.new_envoy(cluster_filter_config(stack, rls.port, mode, local_only_seconds=3600),
+                                     concurrency=1, rls_port=rls.port).start()
+               for mode in ("deny", "allow", "local_only")}
+    try:
+        yield started
+    finally:
+        for envoy in started.values():
+            envoy.stop()
+
+
+def timed(send) -> tuple[requests.Response, float]:
+    start = time.monotonic()
+    answer = send()
+    return answer, time.monotonic() - start
+
+
+def test_redis_killed_and_restarted_each_mode_behaves_as_documented(stack, redis, rls, mode_envoys):
+    subjects = {mode: fresh_subject(mode) for mode in mode_envoys}
+    headers = {mode: bearer(stack, subject) for mode, subject in subjects.items()}
+    with requests.Session() as s:
+        for mode, envoy in mode_envoys.items():
+            assert [models(s, envoy, headers[mode]).status_code for _ in range(2)] == [200, 200]
+
+        redis.kill()
+        deny = [timed(lambda: models(s, mode_envoys["deny"], headers["deny"])) for _ in range(3)]
+        assert [(a.status_code, error_code(a), a.headers.get("Retry-After")) for a, _ in deny] == \
+            [(503, "rate_limit_unavailable", "1")] * 3
+        allow = [models(s, mode_envoys["allow"], headers["allow"]).status_code for _ in range(2)]
+        assert allow == [200, 200], "allow lets requests through a failed tier"
+        local_only = [models(s, mode_envoys["local_only"], headers["local_only"]) for _ in range(4)]
+        # 2 before and 3 now fill the local bucket of 5; the 4th is refused by it, locally.
+        assert [a.status_code for a in local_only] == [200, 200, 200, 429]
+        assert "(subject_requests)" in local_only[3].json()["error"]["message"]
+        failed = mode_envoys["local_only"].stats().value("voxgate_cluster", result="failed")
+        assert failed == 1, "local_only asked once, then stopped asking"
+        assert not rls.ready()
+        assert rls.metrics().value("voxgate_rls_storage_up") == 0
+
+        redis.start()
+        deadline = time.monotonic() + 20
+        while not rls.ready():
+            assert time.monotonic() < deadline, "voxgate-rls did not see Redis come back"
+            time.sleep(0.1)
+        # The deny subject had 2 counted before the outage and nothing during it: 3 more.
+        after = [models(s, mode_envoys["deny"], headers["deny"]).status_code for _ in range(REQUEST_BUDGET)]
+        assert after == [200, 200, 200, 429, 429]
+    for answer, seconds in deny:
+        print(f"deny with Redis down: {answer.status_code} in {seconds * 1000:.0f} ms")
+
+
+def test_the_service_killed_and_restarted_fails_closed_then_resumes_the_counts(stack, redis, rls, mode_envoys):
+    subject = fresh_subject("rls-restart")
+    headers = bearer(stack, subject)
+    envoy = mode_envoys["deny"]
+    with requests.Session() as s:
+        assert [models(s, envoy, headers).status_code for _ in range(3)] == [200, 200, 200]
+        rls.kill()
+        down = [models(s, envoy, headers) for _ in range(3)]
+        assert [(a.status_code, error_code(a)) for a in down] == [(503, "rate_limit_unavailable")] * 3
+        rls.start()
+        assert [models(s, envoy, headers).status_code for _ in range(3)] == [200, 200, 429]
+
+
+# A rate-limit service that answers whatever a test asks it to: raw bytes, an error, or nothing.
+OK = b"\x08\x01"
+HOSTILE_ANSWERS = {
+    "garbage": b"\xff\xff\xff\xff",
+    "wrong wire type": b"\x0a\x03abc",
+    "oversized": b"\x7a" + bytes([0x80, 0xb5, 0x18]) + b"x" * 400_000,
+    "unknown code": b"",
+    "invented code": b"\x08\x07",
+}
+
+
+class HostileService:
+    def __init__(self, port: int):
+        self.port = port
+        self.answer: bytes | None = OK
+        self.error: grpc.StatusCode | None = None
+        self.hang_seconds = 0.0
+        self.calls = 0
+        handler = grpc.method_handlers_generic_handler(
+            "envoy.service.ratelimit.v3.RateLimitService",
+            {"ShouldRateLimit": grpc.unary_unary_rpc_method_handler(self._answer)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(8), handlers=[handler],
+                                  options=[("grpc.max_send_message_length", 1 << 20)])
+        self.server.add_insecure_port(f"127.0.0.1:{port}")
+        self.server.start()
+
+    def _answer(self, request: bytes, context) -> bytes:
+        self.calls += 1
+        if self.hang_seconds:
+            time.sleep(self.hang_seconds)
+        if self.error is not None:
+            context.abort(self.error, "hostile")
+        return self.answer
+
+    def close(self) -> None:
+        self.server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    service = HostileService(free_port())
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture(scope="module")
+def hostile_envoy(stack, hostile):
+    envoy = stack.new_envoy(cluster_filter_config(stack, hostile.port), rls_port=hostile.port).start()
+    try:
+        yield envoy
+    finally:
+        envoy.stop()
+
+
+def test_a_hostile_service_fails_closed_and_never_traps_the_filter(stack, hostile, hostile_envoy):
+    headers = bearer(stack, fresh_subject("hostile"))
+    with requests.Session() as s:
+        for case, answer in HOSTILE_ANSWERS.items():
+            hostile.answer = answer
+            response = models(s, hostile_envoy, headers)
+            assert (response.status_code, error_code(response)) == (503, "rate_limit_unavailable"), case
+        hostile.answer = OK
+        hostile.error = grpc.StatusCode.INTERNAL
+        assert models(s, hostile_envoy, headers).status_code == 503, "a gRPC error status"
+        hostile.error = None
+        hostile.hang_seconds = 3 * RLS_TIMEOUT_MS / 1000
+        hung = models(s, hostile_envoy, headers)
+        assert (hung.status_code, error_code(hung)) == (503, "rate_limit_unavailable"), "a hung service"
+        hostile.hang_seconds = 0
+        hostile.answer = b"\x08\x02"
+        over = models(s, hostile_envoy, headers)
+        assert (over.status_code, over.headers.get("Retry-After")) == (429, "1"), "OVER_LIMIT without statuses"
+        hostile.answer = OK
+        # Still the same VM, still deciding: nothing above trapped it, and every refusal gave
+        # back its local tokens (the plan holds 5; more than 5 requests were refused above).
+        assert [models(s, hostile_envoy, headers).status_code for _ in range(REQUEST_BUDGET)] == [200] * REQUEST_BUDGET
+    assert hostile.calls >= len(HOSTILE_ANSWERS) + 3 + REQUEST_BUDGET
+    assert "panicked" not in hostile_envoy.log_text()
