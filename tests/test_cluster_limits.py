@@ -12,6 +12,7 @@ request may hang: every one is sent with a client timeout, which would fail the 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -199,9 +200,42 @@ def timed(send) -> tuple[requests.Response, float]:
     return answer, time.monotonic() - start
 
 
+class Load:
+    """Requests from fresh subjects through `envoys`, four at a time, until stopped: the traffic
+    a Redis failure meets. Every answer is kept with how long it took; an exception (a client
+    timeout: a hung request) is kept too and fails the test."""
+
+    def __init__(self, stack, envoys):
+        self.answers: list[tuple[int, float]] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        tokens = [bearer(stack, fresh_subject("load")) for _ in range(16)]
+        self._threads = [threading.Thread(target=self._send, args=(envoys, tokens[n::4]), daemon=True)
+                         for n in range(4)]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self, envoys, tokens) -> None:
+        with requests.Session() as s:
+            for n in itertools.count():
+                if self._stop.is_set():
+                    return
+                try:
+                    answer, seconds = timed(lambda: models(s, envoys[n % len(envoys)], tokens[n % len(tokens)]))
+                    self.answers.append((answer.status_code, seconds))
+                except BaseException as error:  # noqa: BLE001 - kept for the assertion
+                    self.errors.append(error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2 * TIMEOUT)
+
+
 def test_redis_killed_and_restarted_each_mode_behaves_as_documented(stack, redis, rls, mode_envoys):
     subjects = {mode: fresh_subject(mode) for mode in mode_envoys}
     headers = {mode: bearer(stack, subject) for mode, subject in subjects.items()}
+    load = Load(stack, [mode_envoys["deny"], mode_envoys["allow"]])
     with requests.Session() as s:
         for mode, envoy in mode_envoys.items():
             assert [models(s, envoy, headers[mode]).status_code for _ in range(2)] == [200, 200]
@@ -229,8 +263,14 @@ def test_redis_killed_and_restarted_each_mode_behaves_as_documented(stack, redis
         # The deny subject had 2 counted before the outage and nothing during it: 3 more.
         after = [models(s, mode_envoys["deny"], headers["deny"]).status_code for _ in range(REQUEST_BUDGET)]
         assert after == [200, 200, 200, 429, 429]
+    load.stop()
+    assert not load.errors, load.errors[:3]
+    statuses = {status for status, _ in load.answers}
+    assert statuses <= {200, 429, 503} and 503 in statuses and 200 in statuses, statuses
     for answer, seconds in deny:
         print(f"deny with Redis down: {answer.status_code} in {seconds * 1000:.0f} ms")
+    slowest = max(seconds for _, seconds in load.answers)
+    print(f"{len(load.answers)} requests under load across the failure, slowest {slowest * 1000:.0f} ms")
 
 
 def test_the_service_killed_and_restarted_fails_closed_then_resumes_the_counts(stack, redis, rls, mode_envoys):
