@@ -44,7 +44,7 @@ import yaml
 
 from gate_checks import sidecar_requests, wasm_traps
 from harness import PIPER_VOICE, Envoy, Sidecar, free_port
-from harness.stack import PIPER_VOICES
+from harness.stack import piper_voices_dir
 from hostile_cases import MARKER
 from tools import devkeys, procs, render_envoy
 
@@ -59,18 +59,9 @@ BOUND_S = 60.0
 TIMEOUT = 90
 
 
-def piper_only_voices(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix in (".onnx", ".onnx.json"):
-        link = folder / f"{PIPER_VOICE}{suffix}"
-        if not link.exists():
-            link.symlink_to((PIPER_VOICES / f"{PIPER_VOICE}{suffix}").resolve())
-    return folder
-
-
 def spare_sidecar(stack, name: str, **env) -> Sidecar:
     settings = {"VOXGATE_DEFAULT_VOICE": PIPER_VOICE, "VOXGATE_SIDECAR_WORKERS": "1", **env}
-    return Sidecar(stack.root / name, free_port(), piper_only_voices(stack.root / f"{name}-voices"),
+    return Sidecar(stack.root / name, free_port(), piper_voices_dir(stack.root / f"{name}-voices"),
                    extra_env=settings)
 
 

@@ -29,7 +29,7 @@ import requests
 
 from harness.ports import free_port
 from harness.services import Envoy, Sidecar
-from harness.stack import COQUI_FIXTURES, PIPER_VOICE, PIPER_VOICES
+from harness.stack import COQUI_FIXTURES, PIPER_VOICE, piper_voices_dir
 
 SPEECH = "/v1/audio/speech"
 TIMEOUT = 120
@@ -56,13 +56,6 @@ def still_voices(folder: Path) -> Path:
     config["model_args"]["inference_noise_scale"] = 0.0
     config["model_args"]["inference_noise_scale_dp"] = 0.0
     (voice / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def piper_voices(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix in (".onnx", ".onnx.json"):
-        (folder / f"{PIPER_VOICE}{suffix}").symlink_to((PIPER_VOICES / f"{PIPER_VOICE}{suffix}").resolve())
     return folder
 
 
@@ -148,7 +141,7 @@ def test_a_second_tenant_is_not_kept_waiting_behind_a_flooding_tenant(stack):
     request of another tenant starts within two sentences; the same short request from `flood`
     itself waits behind its own backlog, which shows the count would reveal first come, first
     served."""
-    worker = sidecar(stack, "scheduler-fair", piper_voices(stack.root / "scheduler-fair-voices"),
+    worker = sidecar(stack, "scheduler-fair", piper_voices_dir(stack.root / "scheduler-fair-voices"),
                      VOXGATE_DEFAULT_VOICE=PIPER_VOICE, VOXGATE_SIDECAR_WORKERS="1")
     envoy = Envoy(stack.root / "scheduler-fair-envoy", stack.filter_config(), sidecar_port=worker.port,
                   jwks_port=stack.jwks_server.port).start()
@@ -185,7 +178,7 @@ def test_a_second_tenant_is_not_kept_waiting_behind_a_flooding_tenant(stack):
 
 @pytest.fixture(scope="module")
 def one_worker(stack):
-    voices = piper_voices(stack.root / "scheduler-release-voices")
+    voices = piper_voices_dir(stack.root / "scheduler-release-voices")
     started = sidecar(stack, "scheduler-release", voices, VOXGATE_DEFAULT_VOICE=PIPER_VOICE,
                       VOXGATE_SIDECAR_WORKERS="1", VOXGATE_SIDECAR_MAX_QUEUE="4",
                       VOXGATE_SIDECAR_MAX_UTTERANCE_SECONDS="60")
@@ -226,7 +219,7 @@ def test_a_request_given_up_while_queued_releases_its_place(one_worker):
 
 
 def test_a_deadline_during_synthesis_or_in_the_queue_releases_everything(stack):
-    voices = piper_voices(stack.root / "scheduler-deadline-voices")
+    voices = piper_voices_dir(stack.root / "scheduler-deadline-voices")
     hurried = sidecar(stack, "scheduler-deadline", voices, VOXGATE_DEFAULT_VOICE=PIPER_VOICE,
                       VOXGATE_SIDECAR_WORKERS="1", VOXGATE_SIDECAR_REQUEST_TIMEOUT_MS="1500")
     body = {"model": "tts-1", "voice": "alloy", "input": LONG_SENTENCE * 40, "response_format": "wav"}

@@ -26,12 +26,21 @@ PIPER_VOICE = "en_US-joe-medium"
 COQUI_VOICES = ("coqui_vits_chars", "coqui_vits_espeak", "coqui_vits_multispeaker")
 
 
+def piper_voices_dir(folder: Path) -> Path:
+    """A voices folder (symlinks) with the Piper voice alone, `NAME.onnx` + `NAME.onnx.json`;
+    a folder that already has it is left as it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix in (".onnx", ".onnx.json"):
+        link = folder / f"{PIPER_VOICE}{suffix}"
+        if not link.exists():
+            link.symlink_to((PIPER_VOICES / f"{PIPER_VOICE}{suffix}").resolve())
+    return folder
+
+
 def build_voices_dir(folder: Path) -> Path:
     """A voices folder (symlinks) with the Piper voice and the Coqui fixtures in the sidecar's layout:
     `NAME.onnx` + `NAME.onnx.json` for Piper, `NAME/model.onnx` + `NAME/config.json` for Coqui."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for suffix in (".onnx", ".onnx.json"):
-        (folder / f"{PIPER_VOICE}{suffix}").symlink_to((PIPER_VOICES / f"{PIPER_VOICE}{suffix}").resolve())
+    piper_voices_dir(folder)
     for name in COQUI_VOICES:
         (folder / name).mkdir()
         (folder / name / "model.onnx").symlink_to(COQUI_FIXTURES / f"{name}.onnx")
