@@ -12,6 +12,7 @@
 //! what the filter admitted and charged.
 #![no_main]
 
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -20,6 +21,7 @@ use serde_json::json;
 use voxgate_filter::validate::{Api, SpeechRequest, TextRules, TextValidator};
 use voxgate_fuzz::oracle;
 use voxgate_rules::body::Body;
+use voxgate_rules::voices::{Resolved, VoiceTable};
 use voxgate_rules::{form, CoquiParams};
 use voxgate_sidecar::api::extract;
 
@@ -104,10 +106,11 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// The text and voice the sidecar reads from this body.
+/// The text, voice and model the sidecar reads from this body.
 struct SidecarView {
     text: Option<String>,
     voice: Option<String>,
+    model: Option<String>,
 }
 
 impl From<CoquiParams> for SidecarView {
@@ -115,6 +118,7 @@ impl From<CoquiParams> for SidecarView {
         SidecarView {
             text: params.text,
             voice: params.voice,
+            model: None,
         }
     }
 }
@@ -125,7 +129,7 @@ fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<Sid
     if let Some(value) = content_type {
         let Ok(value) = HeaderValue::from_str(value) else {
             // Not a value HTTP carries (Envoy refuses control characters): nothing to compare.
-            return Some(SidecarView { text: None, voice: None });
+            return Some(SidecarView { text: None, voice: None, model: None });
         };
         headers.insert(header::CONTENT_TYPE, value);
     }
@@ -133,7 +137,8 @@ fn sidecar_view(api: Api, content_type: Option<&str>, body: &[u8]) -> Option<Sid
         let map = extract::json_object(&headers, body).ok()?;
         let text = map.get("input")?.as_str().map(str::to_string);
         let voice = map.get("voice").and_then(|v| v.as_str()).map(str::to_string);
-        return Some(SidecarView { text, voice });
+        let model = map.get("model").and_then(|v| v.as_str()).map(str::to_string);
+        return Some(SidecarView { text, voice, model });
     }
     match extract::decode(&headers, body).ok()? {
         Body::Json(map) => CoquiParams::from_json(&map).ok().map(SidecarView::from),
@@ -160,6 +165,7 @@ fn check_accepted(strict: bool, api: Api, request: &SpeechRequest, sidecar: Opti
     let Some(SidecarView {
         text: Some(text),
         voice,
+        model,
     }) = sidecar
     else {
         return;
@@ -174,8 +180,19 @@ fn check_accepted(strict: bool, api: Api, request: &SpeechRequest, sidecar: Opti
         Api::CoquiTts => voice.filter(|v| !v.is_empty()),
         _ => voice,
     };
+    // What the fields the sidecar reads mean under the validator's voice table (no catalog,
+    // the strict allowlist): an OpenAI name is an alias of the default voice (`None`).
+    let allowed = if strict { VOICES.iter().map(|v| v.to_string()).collect() } else { Vec::new() };
+    let table = VoiceTable::new(Vec::new(), None, BTreeMap::new(), allowed).expect("a valid table");
+    let resolved = table
+        .resolve(voice.as_deref(), model.as_deref())
+        .expect("the filter accepted these fields");
+    let sidecar_voice = match resolved {
+        Resolved::Voice(name) => Some(name.to_string()),
+        Resolved::Default => None,
+    };
     assert_eq!(
-        voice, request.voice,
+        sidecar_voice, request.voice,
         "the sidecar would read another voice than the filter judged"
     );
     assert!(!text.contains('\0'), "accepted a text with NUL");
