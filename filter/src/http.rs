@@ -243,11 +243,7 @@ impl RequestFlow {
         let limiter = &guard.config.rate_limits;
         let now_ms = self.now_ms(host).map_err(|e| e.to_string())?;
         self.now_ms = None;
-        let who = Identity {
-            subject: self.subject.as_deref(),
-            plan: self.plan.as_deref(),
-            client_addr: self.client_ip.as_deref().unwrap_or_default(),
-        };
+        let who = self.identity();
         if let Some(charged) = charged {
             let retries = limiter.charge_audio(host, now_ms, &who, charged).map_err(store_message)?;
             guard.metrics.cas_retries(host, retries);
@@ -273,11 +269,7 @@ impl RequestFlow {
         self.holds_in_flight = false;
         let Some(guard) = self.guard.clone() else { return };
         // `admit` read the address if the request was charged to it.
-        let who = Identity {
-            subject: self.subject.as_deref(),
-            plan: self.plan.as_deref(),
-            client_addr: self.client_ip.as_deref().unwrap_or_default(),
-        };
+        let who = self.identity();
         if let Err(e) = guard.config.rate_limits.release_in_flight(host, &who) {
             let message = store_message(e);
             host.log(
@@ -291,12 +283,27 @@ impl RequestFlow {
     /// upstream, so what the local buckets took is given back.
     fn abandon(&mut self, host: &dyn Host, pending: &Pending) {
         let Some(guard) = self.guard.clone() else { return };
-        let given_back = self
-            .now_ms(host)
-            .map_err(Stop::from)
-            .and_then(|now_ms| Ok(guard.config.rate_limits.give_back(host, now_ms, &pending.verdict.receipt)?));
-        if let Err(Stop::Internal(message) | Stop::Refused(Rejection { message, .. })) = given_back {
+        if let Err(Stop::Internal(message)) = self.give_back(host, &guard, pending) {
             host.log(LogLevel::Error, &format!("voxgate: tokens of an abandoned request not given back: {message}"));
+        }
+    }
+
+    /// Gives back everything the local buckets took for `pending`, which a later tier refused
+    /// or its client left.
+    fn give_back(&mut self, host: &dyn Host, guard: &Guard, pending: &Pending) -> Result<(), Stop> {
+        let now_ms = self.now_ms(host)?;
+        let retries = guard.config.rate_limits.give_back(host, now_ms, &pending.verdict.receipt)?;
+        guard.metrics.cas_retries(host, retries);
+        Ok(())
+    }
+
+    /// Who the request is charged to, as far as the flow knows it (the client address only
+    /// once read: see `client_ip`).
+    fn identity(&self) -> Identity<'_> {
+        Identity {
+            subject: self.subject.as_deref(),
+            plan: self.plan.as_deref(),
+            client_addr: self.client_ip.as_deref().unwrap_or_default(),
         }
     }
 
@@ -546,11 +553,7 @@ impl RequestFlow {
             self.client_ip(host)?;
         }
         let limiter = &guard.config.rate_limits;
-        let who = Identity {
-            subject: self.subject.as_deref(),
-            plan: self.plan.as_deref(),
-            client_addr: self.client_ip.as_deref().unwrap_or_default(),
-        };
+        let who = self.identity();
         let verdict = limiter.admit(host, now_ms, &who, chars)?;
         guard.metrics.cas_retries(host, verdict.cas_retries);
         if verdict.state_reset {
@@ -630,8 +633,7 @@ impl RequestFlow {
                 self.forward_admitted(host, guard, pending.verdict, pending.chars)
             }
             Answer::OverLimit { limit, retry_after_s, headers } => {
-                let retries = limiter.give_back(host, now_ms, &pending.verdict.receipt)?;
-                guard.metrics.cas_retries(host, retries);
+                self.give_back(host, guard, &pending)?;
                 let name = limit.refusal_name();
                 self.limit = Some(name.to_string());
                 guard.metrics.rate_limited(host, name);
@@ -653,8 +655,7 @@ impl RequestFlow {
                 }
                 match mode {
                     FailureMode::Deny => {
-                        let retries = limiter.give_back(host, now_ms, &pending.verdict.receipt)?;
-                        guard.metrics.cas_retries(host, retries);
+                        self.give_back(host, guard, &pending)?;
                         let rejection = Rejection::new(
                             503,
                             "rate_limit_unavailable",
@@ -693,11 +694,7 @@ impl RequestFlow {
 
     /// A subject's request decided by the rate limits, counted under its plan.
     fn count_plan_decision(&self, host: &dyn Host, guard: &Guard, limited: bool) {
-        let who = Identity {
-            subject: self.subject.as_deref(),
-            plan: self.plan.as_deref(),
-            client_addr: self.client_ip.as_deref().unwrap_or_default(),
-        };
+        let who = self.identity();
         if let Some(plan) = guard.config.rate_limits.plan_name(&who) {
             guard.metrics.plan_decision(host, plan, limited);
         }
