@@ -21,7 +21,6 @@ Envoys hold one budget, and how many decisions voxgate-rls makes per second with
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -32,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from tools import devkeys, devtoken
+from tools import devkeys, devtoken, procs
 
 from . import wrk
 from .context import Context
@@ -93,7 +92,7 @@ class Redis(Process):
         super().__init__("redis", [REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
                                    "--appendonly", "no", "--dir", str(folder)], ctx.log_path("redis"), ctx.env())
         deadline = time.monotonic() + 30
-        while not _port_open(self.port):
+        while not procs.port_open(LOOPBACK, self.port):
             if not self.running() or time.monotonic() > deadline:
                 self.stop()
                 raise StartError(f"redis did not start:\n{self.log_tail()}")
@@ -111,14 +110,6 @@ class RateLimitService(Server):
                 "--storage-timeout-ms", str(STORAGE_TIMEOUT_MS)]
         super().__init__("rls", argv, admin_port, ctx.log_path("rls"), ctx.env())
         self.wait_ready("/readyz", 30)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def run(ctx: Context) -> Section:
