@@ -20,6 +20,7 @@ from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import openai
 import pytest
 import requests
 
@@ -153,6 +154,21 @@ def test_three_envoys_allow_each_subject_exactly_its_character_budget(stack, env
         allowed_chars = statuses.count(200) * len(SHORT_TEXT)
         assert allowed_chars == CHARACTER_BUDGET // len(SHORT_TEXT) * len(SHORT_TEXT), (subject, statuses)
         assert all("cluster_subject_characters" in a.json()["error"]["message"] for a in answers if a.status_code == 429)
+
+
+def test_the_stock_openai_client_shares_one_character_budget_across_the_envoys(stack, envoys):
+    """What OpenAI's own client sends by default (voice `alloy`, mp3), spread over the three
+    Envoys: the plan's characters are spent once, wherever the requests land."""
+    token = stack.token(sub=fresh_subject("openai"))
+    clients = [openai.OpenAI(base_url=f"{e.url}/v1", api_key=token, max_retries=0, timeout=TIMEOUT) for e in envoys]
+    allowed = CHARACTER_BUDGET // len(SHORT_TEXT)
+    for n in range(allowed):
+        audio = clients[n % 3].audio.speech.create(model="tts-1", voice="alloy", input=SHORT_TEXT).read()
+        assert audio[:3] == b"ID3" or (audio[0] == 0xFF and audio[1] & 0xE0 == 0xE0), "an mp3"
+    with pytest.raises(openai.RateLimitError) as refused:
+        clients[allowed % 3].audio.speech.create(model="tts-1", voice="alloy", input=SHORT_TEXT)
+    assert refused.value.status_code == 429
+    assert "cluster_subject_characters" in refused.value.response.json()["error"]["message"]
 
 
 def test_a_subject_refused_by_the_cluster_keeps_its_local_tokens(stack, envoys):
