@@ -70,7 +70,7 @@ pub fn loggable_path(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
+    use crate::testing::FakeHost;
 
     #[test]
     fn the_path_loses_its_query_and_anything_after_an_encoded_question_mark() {

@@ -3,40 +3,15 @@
 //! flow uses. Each section is parsed by the serde type of the module that owns it; every
 //! error names the offending field by its JSON path.
 
-use std::fmt;
-
 use proxy_wasm::types::LogLevel;
 use serde::Deserialize;
 
-use crate::auth::{AuthConfig, Authenticator};
-use crate::ratelimit::{BucketConfig, BucketTable, RateLimitConfig, RateLimiter};
+use crate::auth::{token_headers, AuthConfig, Authenticator};
+use crate::error::ConfigError;
+use crate::ratelimit::{BucketTable, RateLimitConfig, RateLimiter};
 use crate::routes::{RouteConfig, RouteTable};
 use crate::validate::{TextRules, TextValidator};
 
-/// A configuration problem, naming the offending field by its JSON path
-/// (for example `rate_limits.plans.free.requests.capacity`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid configuration at `{}`: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The whole plugin configuration, as written by the operator.
 #[derive(Debug, Deserialize)]
@@ -113,8 +88,6 @@ impl CompiledConfig {
     }
 }
 
-const AUTHORIZATION: &str = "authorization";
-
 /// A larger configuration is a mistake (or an attack on the config pipeline), not a deployment.
 const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -147,29 +120,15 @@ impl FilterConfig {
         let slots = self.rate_limits.slots;
         let rate_limits = self.rate_limits.compile()?;
         let text = self.text.compile()?;
-        let mut token_headers = vec![AUTHORIZATION.to_string()];
-        let mut failed_auth = None;
-        let auth = match self.auth {
+        let (auth, token_headers, failed_auth) = match self.auth {
             Some(auth) => {
-                let header = auth.token_header.to_ascii_lowercase();
-                let limit = auth.failed_auth;
-                let authenticator = auth.compile()?;
-                if !token_headers.contains(&header) {
-                    token_headers.push(header);
-                }
-                if let Some(limit) = limit {
-                    let bucket = BucketConfig {
-                        capacity: limit.capacity,
-                        refill_per_second: limit.refill_per_second,
-                    };
-                    failed_auth = Some(BucketTable::new("failed_auth", &bucket, slots, "auth.failed_auth")?);
-                }
-                Some(authenticator)
+                let section = auth.compile_section(slots)?;
+                (Some(section.authenticator), section.token_headers, section.failed_auth)
             }
             None if routes.any_auth() => {
                 return Err(ConfigError::new("auth", "required because a route has `auth: true`"));
             }
-            None => None,
+            None => (None, token_headers(None), None),
         };
         Ok(CompiledConfig {
             routes,

@@ -22,10 +22,9 @@ use crate::decision::Rejection;
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
 use crate::ratelimit::cluster::{self, Answer, FailureMode, GlobalLimit};
-use crate::ratelimit::{client_key, AudioBudget, Identity, StoreError, Verdict};
+use crate::ratelimit::{client_key, AudioBudget, Identity, Outcome, StoreError, Verdict};
 use crate::response::{self, RequestLabels};
-use crate::routes::{self, Budget, Route};
-use crate::validate::Api;
+use crate::routes::{self, Api, Budget, Route};
 
 /// Everything a request needs that lives as long as one VM's configuration.
 pub struct Guard {
@@ -380,7 +379,7 @@ impl RequestFlow {
         self.content_type = header(&headers, "content-type").map(str::to_string);
         config
             .text
-            .check_content_type(route.api, method, self.content_type.as_deref())?;
+            .check_content_type(route.api, self.content_type.as_deref())?;
         if let Some(length) = header(&headers, "content-length") {
             let length = length
                 .parse::<usize>()
@@ -562,23 +561,23 @@ impl RequestFlow {
                 "voxgate: an unreadable rate-limit record was reset to full",
             );
         }
-        if !verdict.allowed {
-            let bucket = verdict.refused_by.unwrap_or("unknown");
-            self.limit = Some(bucket.to_string());
-            let rejection = verdict
-                .rejection
-                .ok_or_else(|| Stop::Internal(format!("rate limiter refused ({bucket}) without an answer")))?;
-            // A text larger than a bucket could ever hold is a 400, not a rate limit.
-            if rejection.status == 429 {
-                guard.metrics.rate_limited(host, bucket);
-                self.count_plan_decision(host, guard, true);
+        let shadow_refused_by = match verdict.outcome {
+            Outcome::Refused { limit, rejection } => {
+                self.limit = Some(limit.to_string());
+                // A text larger than a bucket could ever hold is a 400, not a rate limit.
+                if rejection.status == 429 {
+                    guard.metrics.rate_limited(host, limit);
+                    self.count_plan_decision(host, guard, true);
+                }
+                return Err(rejection.into());
             }
-            return Err(rejection.into());
-        }
+            Outcome::WouldRefuse { limit } => Some(limit),
+            Outcome::Admitted => None,
+        };
         let tier = limiter.cluster().filter(|tier| !tier.in_local_only(now_ms));
         let query = tier.and_then(|tier| tier.query(&who, limiter.plan_name(&who), chars));
-        if verdict.shadow_refused {
-            self.report_shadow_refusal(host, guard, verdict.refused_by.unwrap_or("unknown"))?;
+        if let Some(limit) = shadow_refused_by {
+            self.report_shadow_refusal(host, guard, limit)?;
         }
         let (Some(tier), Some(query)) = (tier, query) else {
             return self.forward_admitted(host, guard, verdict, chars);
@@ -877,7 +876,7 @@ mod tests {
         proto::{Code, DescriptorStatus, Duration, RateLimit, RateLimitRequest, RateLimitResponse, Unit},
     };
     use crate::config::FilterConfig;
-    use crate::host::fake::{FakeHost, SentResponse};
+    use crate::testing::{FakeHost, SentResponse};
     use crate::metrics::Metrics;
 
     const SECRET: &[u8] = b"a test secret of thirty-two bytes or more";

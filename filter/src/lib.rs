@@ -6,6 +6,7 @@ pub mod access_log;
 pub mod auth;
 pub mod config;
 pub mod decision;
+pub mod error;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -13,6 +14,8 @@ pub mod ratelimit;
 pub mod response;
 pub mod root;
 pub mod routes;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 
 use proxy_wasm::traits::RootContext;

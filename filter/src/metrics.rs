@@ -203,7 +203,7 @@ fn label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
+    use crate::testing::FakeHost;
 
     #[test]
     fn counters_are_defined_once_and_incremented() {

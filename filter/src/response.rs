@@ -63,7 +63,7 @@ pub fn send(host: &dyn Host, rejection: &Rejection) -> Result<(), HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeHost;
+    use crate::testing::FakeHost;
 
     #[test]
     fn rejection_becomes_json_response_log_line_and_counter() {

@@ -273,7 +273,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::host::fake::FakeHost;
+    use crate::testing::FakeHost;
 
     const NOW: u64 = 1_800_000_000;
     const ISSUER: &str = "https://idp.test";

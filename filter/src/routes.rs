@@ -5,10 +5,35 @@
 //! own path, so the filter must not admit, and charge, what would then be a 404.
 
 use serde::Deserialize;
+use voxgate_rules::SpeechApi;
 
-use crate::config::ConfigError;
 use crate::decision::Rejection;
-use crate::validate::Api;
+use crate::error::ConfigError;
+
+/// The API a route speaks (`api` in the route configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Api {
+    /// `POST /v1/audio/speech`, OpenAI's speech API.
+    #[serde(rename = "openai_speech")]
+    OpenAiSpeech,
+    /// `GET|POST /api/tts`, Coqui's TTS server API.
+    #[serde(rename = "coqui_tts")]
+    CoquiTts,
+    /// Everything else (voices, models, health): no body or text to validate.
+    #[serde(rename = "metadata")]
+    Metadata,
+}
+
+impl Api {
+    /// The body rules of a speech API; `None` for metadata routes.
+    pub fn speech(self) -> Option<SpeechApi> {
+        match self {
+            Api::OpenAiSpeech => Some(SpeechApi::OpenAi),
+            Api::CoquiTts => Some(SpeechApi::Coqui),
+            Api::Metadata => None,
+        }
+    }
+}
 
 /// One entry of the `routes` configuration list.
 #[derive(Debug, Clone, Deserialize)]
@@ -289,7 +314,9 @@ mod tests {
         let e = speech.check_method("GET").unwrap_err();
         assert_eq!((e.status, e.code), (405, "method_not_allowed"));
         assert_eq!(e.headers, vec![("allow".to_string(), "POST".to_string())]);
-        assert!(t.find("/api/tts").unwrap().check_method("GET").is_ok());
+        let coqui = t.find("/api/tts").unwrap();
+        assert!(coqui.check_method("GET").is_ok() && coqui.check_method("POST").is_ok());
+        assert_eq!(coqui.check_method("PUT").unwrap_err().headers[0].1, "GET, POST");
         assert!(t.find("/v1/models").unwrap().check_method("POST").is_err());
     }
 

@@ -10,7 +10,8 @@ use serde_json::Value;
 use voxgate_filter::auth::AuthConfig;
 use voxgate_filter::config::{load, CompiledConfig};
 use voxgate_filter::ratelimit::{Identity, RateLimitConfig};
-use voxgate_filter::validate::{Api, TextRules};
+use voxgate_filter::routes::Api;
+use voxgate_filter::validate::TextRules;
 use voxgate_fuzz::store::FuzzStore;
 
 fuzz_target!(|data: &[u8]| {

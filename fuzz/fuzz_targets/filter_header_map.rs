@@ -1,11 +1,11 @@
 //! The proxy-wasm header-map encoding the filter reads request headers and HTTP-call answers
-//! with (`host::decode_header_map`), on arbitrary bytes: a malformed map is refused, never a
+//! with (`host::header_map::decode_header_map`), on arbitrary bytes: a malformed map is refused, never a
 //! panic or an allocation sized by an untrusted count. Any list of pairs must survive
 //! `encode_header_map` then `decode_header_map` unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voxgate_filter::host::{decode_header_map, encode_header_map};
+use voxgate_filter::host::header_map::{decode_header_map, encode_header_map};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(pairs) = decode_header_map(data) {

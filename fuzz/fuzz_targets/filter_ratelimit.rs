@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use voxgate_filter::ratelimit::{
-    client_key, BucketConfig, BucketTable, HeaderStyle, Identity, PlanConfig, RateLimitConfig,
-    RateLimiter, ScopeConfig, StoreError,
+    client_key, BucketConfig, BucketTable, HeaderStyle, Identity, Outcome, PlanConfig,
+    RateLimitConfig, RateLimiter, ScopeConfig, StoreError,
 };
 use voxgate_fuzz::oracle;
 use voxgate_fuzz::store::FuzzStore;
@@ -173,8 +173,7 @@ fuzz_target!(|input: Input| {
                             !verdict.state_reset || store.call_read_tampered(),
                             "a record the limiter wrote did not decode"
                         );
-                        assert_eq!(verdict.allowed, verdict.rejection.is_none(), "{verdict:?}");
-                        if let Some(rejection) = &verdict.rejection {
+                        if let Some(rejection) = verdict.rejection() {
                             oracle::check_rejection(rejection, &[400, 429], &[]);
                             if rejection.status == 429 {
                                 let retry = rejection
@@ -191,7 +190,7 @@ fuzz_target!(|input: Input| {
                                 assert_eq!(rejection.code, "text_exceeds_plan");
                             }
                         }
-                        if verdict.allowed && *given_back {
+                        if verdict.allowed() && *given_back {
                             // Counted as never admitted: a refund that gave back more than
                             // was taken would let a later admission pass its capacity.
                             match limiter.give_back(&store, now_ms, &verdict.receipt) {
@@ -200,7 +199,7 @@ fuzz_target!(|input: Input| {
                                     panic!("the fuzz store never fails otherwise: {message}")
                                 }
                             }
-                        } else if verdict.allowed && !verdict.shadow_refused {
+                        } else if verdict.outcome == Outcome::Admitted {
                             match subject_index {
                                 Some(s) => *tally.subject_admits.entry(s).or_default() += 1,
                                 None => {

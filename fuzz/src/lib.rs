@@ -1,5 +1,5 @@
-//! Pieces shared by the fuzz targets: an in-memory Envoy shared-data store for the rate
-//! limiter, compact-JWS helpers for the token targets, the oracles that judge what the
+//! Pieces shared by the fuzz targets: Envoy's shared data with a hostile neighbour for the
+//! rate limiter, compact-JWS helpers for the token targets, the oracles that judge what the
 //! filter answers (no forged token accepted, no token or control character leaked), and the
 //! phonemizer set-up of the targets that reach espeak-ng.
 

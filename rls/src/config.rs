@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use voxgate_filter::config::{ConfigError, FilterConfig};
+use voxgate_filter::config::FilterConfig;
+use voxgate_filter::error::ConfigError;
 
 use crate::limits::Limits;
 

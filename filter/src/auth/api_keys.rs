@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::claims;
 use super::jwks::decode_base64url;
 use super::reject;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::decision::Rejection;
 
 /// The issuer named for API-key identities (`x-voxgate-issuer`).

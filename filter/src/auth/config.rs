@@ -10,7 +10,8 @@ use super::claims::TimeRules;
 use super::jwks::{KeySet, Strictness};
 use super::provider::{Provider, RemoteJwks};
 use super::Authenticator;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
+use crate::ratelimit::{BucketConfig, BucketTable};
 
 const MAX_PROVIDERS: usize = 16;
 const MAX_CLOCK_SKEW_S: u64 = 600;
@@ -139,7 +140,42 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::new(format!("auth.{}", field.into()), message)
 }
 
+/// The `auth` section compiled: the authenticator and what the request flow keeps around it.
+pub struct AuthSection {
+    pub authenticator: Authenticator,
+    /// Headers that may carry the token, removed before forwarding unless `forward_token`.
+    pub token_headers: Vec<String>,
+    /// Failed authentications per client address, checked before any token work.
+    pub failed_auth: Option<BucketTable>,
+}
+
+/// The headers a token can arrive in: `Authorization`, and the configured one if it differs.
+pub fn token_headers(auth: Option<&AuthConfig>) -> Vec<String> {
+    let mut headers = vec![super::extract::AUTHORIZATION.to_string()];
+    if let Some(header) = auth.map(|auth| auth.token_header.to_ascii_lowercase()) {
+        if !headers.contains(&header) {
+            headers.push(header);
+        }
+    }
+    headers
+}
+
 impl AuthConfig {
+    /// The whole section for one worker: the authenticator, the token headers and the
+    /// failed-authentication bucket table with `slots` slots (`rate_limits.slots`).
+    pub fn compile_section(self, slots: u32) -> Result<AuthSection, ConfigError> {
+        let token_headers = token_headers(Some(&self));
+        let failed_auth = self.failed_auth.as_ref().map(|limit| BucketConfig {
+            capacity: limit.capacity,
+            refill_per_second: limit.refill_per_second,
+        });
+        let authenticator = self.compile()?;
+        let failed_auth = failed_auth
+            .map(|bucket| BucketTable::new("failed_auth", &bucket, slots, "auth.failed_auth"))
+            .transpose()?;
+        Ok(AuthSection { authenticator, token_headers, failed_auth })
+    }
+
     /// Validates the section and builds the per-worker authenticator.
     pub fn compile(self) -> Result<Authenticator, ConfigError> {
         if self.providers.is_empty() && self.api_keys.is_none() {

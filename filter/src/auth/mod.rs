@@ -35,7 +35,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::decision::Rejection;
 use cache::{CachedToken, TokenCache};
 use jwks::{KeyMiss, KeySet};
@@ -44,7 +44,7 @@ use provider::{KeysReplaced, Provider};
 pub use api_keys::{ApiKeyConfig, ApiKeysConfig, API_KEY_ISSUER};
 #[cfg(test)]
 pub(crate) use api_keys::test_entries as api_key_entries;
-pub use config::{AuthConfig, FailedAuthLimit, JwtAuthnConfig, ProviderConfig, RemoteJwksConfig};
+pub use config::{token_headers, AuthConfig, AuthSection, FailedAuthLimit, JwtAuthnConfig, ProviderConfig, RemoteJwksConfig};
 pub use metadata::JWT_AUTHN_NAMESPACE;
 #[cfg(test)]
 pub(crate) use metadata::encode as metadata_encode;

@@ -13,7 +13,7 @@ fn provider(name: &str, issuer: &str, keys: Vec<Value>) -> Value {
     json!({"name": name, "issuer": issuer, "audiences": [AUDIENCE, "other-service"], "jwks": {"keys": keys}})
 }
 
-fn compile(config: Value) -> Result<Authenticator, crate::config::ConfigError> {
+fn compile(config: Value) -> Result<Authenticator, crate::error::ConfigError> {
     serde_json::from_value::<AuthConfig>(config).expect("config shape").compile()
 }
 

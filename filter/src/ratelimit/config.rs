@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::bucket::{BucketSpec, MAX_CAPACITY};
 use super::cluster::ClusterConfig;
 use super::headers::HeaderStyle;
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Accepted number of slots per bucket kind.
 pub const SLOTS_RANGE: std::ops::RangeInclusive<u32> = 16..=(1 << 22);

@@ -10,7 +10,7 @@ use super::headers::{self, HeaderStyle, Reported};
 use super::keys::{client_key, Slot, SlotTable};
 use super::record::Record;
 use super::store::{self, SharedStore, Step, StoreError};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::decision::Rejection;
 
 /// Buckets per record: requests (cost 1 per request), characters (cost 1 per character), and
@@ -29,7 +29,7 @@ enum Kind {
 }
 
 impl Kind {
-    /// The name of a limit in `Verdict::refused_by`, metrics and headers.
+    /// The name of a limit in `Outcome`, metrics and headers.
     fn limit_name(self, limit: Limit) -> &'static str {
         match (self, limit) {
             (Kind::Subject, Limit::Bucket(0)) => "subject_requests",
@@ -67,21 +67,26 @@ pub struct Identity<'a> {
     pub client_addr: &'a str,
 }
 
-/// The outcome of `admit`.
+/// What `admit` decided. A refusal always carries the answer to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forward the request.
+    Admitted,
+    /// Forward the request: shadow mode, where `limit` (e.g. `subject_requests`) would have
+    /// refused it.
+    WouldRefuse { limit: &'static str },
+    /// Answer with `rejection` (429, or 400 `text_exceeds_plan`): `limit` refused the request.
+    Refused { limit: &'static str, rejection: Rejection },
+}
+
+/// The outcome of `admit`, with what the request flow reports and keeps around it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Forward the request (always true in shadow mode).
-    pub allowed: bool,
-    /// Shadow mode only: the request would have been refused.
-    pub shadow_refused: bool,
-    /// The limit that refused (or would have, in shadow mode), e.g. `subject_requests`.
-    pub refused_by: Option<&'static str>,
+    pub outcome: Outcome,
     /// Rate-limit headers for the answer, plus `Retry-After` when refused.
     pub headers: Vec<(String, String)>,
     /// Writes lost to another worker and retried.
     pub cas_retries: u32,
-    /// The answer to send when `allowed` is false (429, or 400 `text_exceeds_plan`).
-    pub rejection: Option<Rejection>,
     /// The request holds an in-flight slot: call `release_in_flight` once when it ends.
     pub in_flight_lease: bool,
     /// A stored record was unreadable and was replaced by a full one (worth a log line).
@@ -147,14 +152,31 @@ pub struct AudioRefusal {
 }
 
 impl Verdict {
-    fn allowed() -> Self {
+    /// Whether the request is forwarded (always, in shadow mode).
+    pub fn allowed(&self) -> bool {
+        !matches!(self.outcome, Outcome::Refused { .. })
+    }
+
+    /// The limit that refused the request, or would have in shadow mode.
+    pub fn refused_by(&self) -> Option<&'static str> {
+        match &self.outcome {
+            Outcome::Admitted => None,
+            Outcome::WouldRefuse { limit } | Outcome::Refused { limit, .. } => Some(limit),
+        }
+    }
+
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match &self.outcome {
+            Outcome::Refused { rejection, .. } => Some(rejection),
+            _ => None,
+        }
+    }
+
+    fn admitted() -> Self {
         Verdict {
-            allowed: true,
-            shadow_refused: false,
-            refused_by: None,
+            outcome: Outcome::Admitted,
             headers: Vec::new(),
             cas_retries: 0,
-            rejection: None,
             in_flight_lease: false,
             state_reset: false,
             audio: None,
@@ -275,7 +297,7 @@ impl RateLimiter {
             Some(scope) => Some(Target { scope, slot: scope.table.locate(store, "")?, plan: 0 }),
             None => None,
         };
-        let mut verdict = Verdict::allowed();
+        let mut verdict = Verdict::admitted();
 
         for target in first.iter().chain(global.iter()) {
             if let Some(spec) = target.scope.policies[usize::from(target.plan)].buckets[CHARACTERS] {
@@ -522,9 +544,8 @@ impl RateLimiter {
         let retry_after = refusals.iter().map(|r| r.retry_after_s).max().unwrap_or(1);
         let focus = shown.iter().position(|r| r.name == name).unwrap_or(0);
         let mut headers = headers::render(self.headers, &shown, focus);
-        verdict.refused_by = Some(name);
         if self.shadow {
-            verdict.shadow_refused = true;
+            verdict.outcome = Outcome::WouldRefuse { limit: name };
             verdict.headers = headers;
             return verdict;
         }
@@ -534,9 +555,8 @@ impl RateLimiter {
         } else {
             Rejection::new(429, "rate_limited", format!("rate limit reached ({name}); retry after {retry_after} s"))
         };
-        verdict.allowed = false;
         verdict.in_flight_lease = false;
-        verdict.rejection = Some(Rejection { headers: headers.clone(), ..rejection });
+        verdict.outcome = Outcome::Refused { limit: name, rejection: Rejection { headers: headers.clone(), ..rejection } };
         verdict.headers = headers;
         verdict
     }
@@ -544,17 +564,16 @@ impl RateLimiter {
     /// A text longer than a characters bucket can ever hold would wait forever: it is a bad
     /// request, not a rate-limited one.
     fn too_long_for_any_wait(&self, mut verdict: Verdict, name: &'static str, chars: u64, capacity: u64) -> Verdict {
-        verdict.refused_by = Some(name);
         if self.shadow {
-            verdict.shadow_refused = true;
+            verdict.outcome = Outcome::WouldRefuse { limit: name };
             return verdict;
         }
-        verdict.allowed = false;
-        verdict.rejection = Some(Rejection::new(
+        let rejection = Rejection::new(
             400,
             "text_exceeds_plan",
             format!("the text has {chars} characters, more than the {name} limit of {capacity} allows in one request"),
-        ));
+        );
+        verdict.outcome = Outcome::Refused { limit: name, rejection };
         verdict
     }
 }

@@ -13,8 +13,6 @@ mod config;
 mod headers;
 mod keys;
 mod limiter;
-#[cfg(test)]
-pub(crate) mod memory;
 mod record;
 mod secret;
 mod store;
@@ -26,6 +24,8 @@ pub use bucket::{BucketSpec, MAX_CAPACITY, NEVER_REFILLS_SECS};
 pub use config::{BucketConfig, PlanConfig, RateLimitConfig, ScopeConfig};
 pub use headers::HeaderStyle;
 pub use keys::client_key;
-pub use limiter::{AudioBudget, AudioRefusal, Identity, RateLimiter, Receipt, Verdict};
+pub use limiter::{AudioBudget, AudioRefusal, Identity, Outcome, RateLimiter, Receipt, Verdict};
 pub use store::{SharedStore, StoreError, CREATE_ONLY, MAX_CAS_ATTEMPTS};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use secret::SECRET_KEY;
 pub use table::{BucketTable, Take};

@@ -64,7 +64,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::ratelimit::memory::MemoryStore;
+    use crate::testing::MemoryStore;
 
     fn fixed(byte: u8) -> impl FnMut() -> Result<[u8; SECRET_BYTES], String> {
         move || Ok([byte; SECRET_BYTES])

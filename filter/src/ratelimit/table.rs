@@ -7,7 +7,7 @@ use super::charge::{self, Policy};
 use super::config::{BucketConfig, SLOTS_RANGE};
 use super::keys::SlotTable;
 use super::store::{self, SharedStore, Step, StoreError};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// Leases are not used by a bucket table; records never hold any.
 const NO_LEASES_TTL_MS: u64 = u64::MAX;
@@ -91,7 +91,7 @@ impl BucketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::memory::MemoryStore;
+    use crate::testing::MemoryStore;
 
     fn table(capacity: u64, rate: f64) -> BucketTable {
         BucketTable::new("failed_auth", &BucketConfig { capacity, refill_per_second: rate }, 64, "auth.failed_auth").unwrap()

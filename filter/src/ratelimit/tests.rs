@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 
 use super::keys::SlotTable;
-use super::memory::MemoryStore;
+use crate::testing::MemoryStore;
 use super::record::Record;
 use super::secret::SECRET_KEY;
 use super::*;
@@ -48,20 +48,20 @@ fn a_subject_gets_exactly_its_capacity_then_an_exact_retry_after() {
     let t0 = 1_700_000_000_000;
     for i in 0..10 {
         let v = rl.admit(&store, t0, &user("alice", None), 0).unwrap();
-        assert!(v.allowed, "request {i}");
+        assert!(v.allowed(), "request {i}");
         rl.release_in_flight(&store, &user("alice", None)).unwrap();
     }
     let v = rl.admit(&store, t0, &user("alice", None), 0).unwrap();
-    assert!(!v.allowed);
-    assert_eq!(v.refused_by, Some("subject_requests"));
+    assert!(!v.allowed());
+    assert_eq!(v.refused_by(), Some("subject_requests"));
     assert_eq!(header(&v, "Retry-After"), Some("2"), "1 token at 0.5/s");
-    let rejection = v.rejection.as_ref().unwrap();
+    let rejection = v.rejection().unwrap();
     assert_eq!((rejection.status, rejection.code), (429, "rate_limited"));
     assert_eq!(rejection.headers, v.headers);
-    assert!(!rl.admit(&store, t0 + 1_999, &user("alice", None), 0).unwrap().allowed);
-    assert!(rl.admit(&store, t0 + 2_000, &user("alice", None), 0).unwrap().allowed);
+    assert!(!rl.admit(&store, t0 + 1_999, &user("alice", None), 0).unwrap().allowed());
+    assert!(rl.admit(&store, t0 + 2_000, &user("alice", None), 0).unwrap().allowed());
     // another subject is untouched
-    assert!(rl.admit(&store, t0, &user("bob", None), 0).unwrap().allowed);
+    assert!(rl.admit(&store, t0, &user("bob", None), 0).unwrap().allowed());
 }
 
 #[test]
@@ -69,18 +69,18 @@ fn characters_are_charged_exactly_and_oversized_texts_are_bad_requests() {
     let store = MemoryStore::with_fixed_secret();
     let rl = limiter(FREE_PRO);
     let who = user("carol", None);
-    assert!(rl.admit(&store, 0, &who, 1_990).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &who, 1_990).unwrap().allowed());
     rl.release_in_flight(&store, &who).unwrap();
     let v = rl.admit(&store, 0, &who, 100).unwrap();
-    assert_eq!(v.refused_by, Some("subject_characters"));
+    assert_eq!(v.refused_by(), Some("subject_characters"));
     assert_eq!(header(&v, "Retry-After"), Some("5"), "90 missing at 20/s = 4.5 s");
-    assert!(rl.admit(&store, 0, &who, 10).unwrap().allowed, "exactly the capacity in characters");
+    assert!(rl.admit(&store, 0, &who, 10).unwrap().allowed(), "exactly the capacity in characters");
     let v = rl.admit(&store, 0, &who, 2_001).unwrap();
-    let rejection = v.rejection.unwrap();
+    let rejection = v.rejection().unwrap().clone();
     assert_eq!((rejection.status, rejection.code), (400, "text_exceeds_plan"));
     assert!(!rejection.message.contains("carol"));
     // the pro plan holds it
-    assert!(rl.admit(&store, 0, &user("dave", Some("pro")), 2_001).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &user("dave", Some("pro")), 2_001).unwrap().allowed());
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn plan_claim_selects_the_plan_and_unknown_plans_get_the_default() {
         let who = user(subject, plan);
         let mut n = 0;
         for _ in 0..200 {
-            if rl.admit(&store, 0, &who, 0).unwrap().allowed {
+            if rl.admit(&store, 0, &who, 0).unwrap().allowed() {
                 n += 1;
                 rl.release_in_flight(&store, &who).unwrap();
             }
@@ -103,7 +103,7 @@ fn plan_claim_selects_the_plan_and_unknown_plans_get_the_default() {
     assert_eq!(finished("p1", Some("pro")), 100);
     assert_eq!(finished("p2", Some("gold")), 10);
     assert_eq!(finished("p3", None), 10);
-    let concurrent = (0..200).filter(|_| rl.admit(&store, 0, &user("p4", Some("free")), 0).unwrap().allowed).count();
+    let concurrent = (0..200).filter(|_| rl.admit(&store, 0, &user("p4", Some("free")), 0).unwrap().allowed()).count();
     assert_eq!(concurrent, 2, "without releases the in-flight cap of 2 binds first");
 }
 
@@ -112,15 +112,15 @@ fn anonymous_requests_are_keyed_by_address_without_port() {
     let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"anonymous": {"requests": {"capacity": 3, "refill_per_second": 0}}}"#);
     for port in 1..=3 {
-        assert!(rl.admit(&store, 0, &anonymous(&format!("203.0.113.5:{port}")), 0).unwrap().allowed);
+        assert!(rl.admit(&store, 0, &anonymous(&format!("203.0.113.5:{port}")), 0).unwrap().allowed());
     }
     let v = rl.admit(&store, 0, &anonymous("203.0.113.5:4"), 0).unwrap();
-    assert_eq!(v.refused_by, Some("anonymous_requests"));
+    assert_eq!(v.refused_by(), Some("anonymous_requests"));
     assert_eq!(header(&v, "Retry-After"), Some(&*NEVER_REFILLS_SECS.to_string()));
-    assert!(rl.admit(&store, 0, &anonymous("203.0.113.6:1"), 0).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &anonymous("203.0.113.6:1"), 0).unwrap().allowed());
     // authenticated requests are not anonymous; with no plans they are not limited here
     for _ in 0..10 {
-        assert!(rl.admit(&store, 0, &Identity { subject: Some("x"), plan: None, client_addr: "203.0.113.5:9" }, 0).unwrap().allowed);
+        assert!(rl.admit(&store, 0, &Identity { subject: Some("x"), plan: None, client_addr: "203.0.113.5:9" }, 0).unwrap().allowed());
     }
 }
 
@@ -129,7 +129,7 @@ fn nothing_configured_allows_everything_without_touching_the_store() {
     let store = MemoryStore::new();
     let rl = limiter("{}");
     let v = rl.admit(&store, 0, &user("a", None), 5_000).unwrap();
-    assert!(v.allowed && v.headers.is_empty() && !v.in_flight_lease);
+    assert!(v.allowed() && v.headers.is_empty() && !v.in_flight_lease);
     rl.release_in_flight(&store, &user("a", None)).unwrap();
     assert_eq!(store.key_count(), 0);
 }
@@ -144,9 +144,9 @@ fn refusal_by_the_global_bucket_gives_back_the_subject_tokens() {
             "global": {"requests": {"capacity": 1, "refill_per_second": 0}}}"#,
     );
     let who = user("erin", None);
-    assert!(rl.admit(&store, 0, &who, 100).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &who, 100).unwrap().allowed());
     let v = rl.admit(&store, 0, &who, 100).unwrap();
-    assert_eq!(v.refused_by, Some("global_requests"));
+    assert_eq!(v.refused_by(), Some("global_requests"));
     assert!(!v.in_flight_lease);
     let record = subject_record(&store, 64, "erin");
     assert_eq!(record.buckets[0].tokens, 9_000_000, "one request charged, the refused one given back");
@@ -160,15 +160,15 @@ fn in_flight_cap_and_release() {
     let rl = limiter(FREE_PRO);
     let who = user("frank", None);
     let first = rl.admit(&store, 0, &who, 0).unwrap();
-    assert!(first.allowed && first.in_flight_lease);
-    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed);
+    assert!(first.allowed() && first.in_flight_lease);
+    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed());
     let v = rl.admit(&store, 0, &who, 0).unwrap();
-    assert_eq!(v.refused_by, Some("subject_in_flight"));
+    assert_eq!(v.refused_by(), Some("subject_in_flight"));
     assert_eq!(header(&v, "Retry-After"), Some("1"));
-    assert_eq!(v.rejection.as_ref().unwrap().code, "too_many_in_flight");
+    assert_eq!(v.rejection().unwrap().code, "too_many_in_flight");
     assert_eq!(subject_record(&store, 1024, "frank").buckets[0].tokens, 8_000_000, "a refusal takes nothing");
     rl.release_in_flight(&store, &who).unwrap();
-    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed());
     // releasing more than was admitted does not go below zero
     for _ in 0..5 {
         rl.release_in_flight(&store, &who).unwrap();
@@ -181,10 +181,10 @@ fn a_lease_never_released_expires() {
     let store = MemoryStore::with_fixed_secret();
     let rl = limiter(&FREE_PRO.replace("\"slots\": 1024", "\"slots\": 1024, \"in_flight_timeout_seconds\": 60"));
     let who = user("gina", None);
-    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed);
-    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed);
-    assert!(!rl.admit(&store, 59_999, &who, 0).unwrap().allowed);
-    assert!(rl.admit(&store, 60_000, &who, 0).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed());
+    assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed());
+    assert!(!rl.admit(&store, 59_999, &who, 0).unwrap().allowed());
+    assert!(rl.admit(&store, 60_000, &who, 0).unwrap().allowed());
 }
 
 #[test]
@@ -197,9 +197,9 @@ fn shadow_mode_counts_but_never_refuses_and_takes_nothing_on_refusal() {
     );
     let who = user("hank", None);
     let verdicts: Vec<Verdict> = (0..4).map(|_| rl.admit(&store, 0, &who, 0).unwrap()).collect();
-    assert!(verdicts.iter().all(|v| v.allowed && v.rejection.is_none()));
-    assert_eq!(verdicts.iter().map(|v| v.shadow_refused).collect::<Vec<_>>(), [false, true, true, true]);
-    assert_eq!(verdicts[1].refused_by, Some("subject_in_flight"));
+    assert!(verdicts.iter().all(|v| v.allowed() && v.rejection().is_none()));
+    assert_eq!(verdicts.iter().map(|v| matches!(v.outcome, Outcome::WouldRefuse { .. })).collect::<Vec<_>>(), [false, true, true, true]);
+    assert_eq!(verdicts[1].refused_by(), Some("subject_in_flight"));
     assert!(verdicts.iter().all(|v| v.in_flight_lease), "every forwarded request is in flight");
     assert!(header(&verdicts[1], "Retry-After").is_none());
     let record = subject_record(&store, 64, "hank");
@@ -209,9 +209,9 @@ fn shadow_mode_counts_but_never_refuses_and_takes_nothing_on_refusal() {
         rl.release_in_flight(&store, &who).unwrap();
     }
     let v = rl.admit(&store, 0, &who, 0).unwrap();
-    assert!(!v.shadow_refused);
+    assert!(!matches!(v.outcome, Outcome::WouldRefuse { .. }));
     let v = rl.admit(&store, 0, &who, 0).unwrap();
-    assert_eq!(v.refused_by, Some("subject_requests"));
+    assert_eq!(v.refused_by(), Some("subject_requests"));
     // the global bucket was only charged for requests that passed the subject bucket
     let global = SlotTable::new("global", 1).locate(&store, "").unwrap();
     let global = Record::decode(&store.raw(&global.key).unwrap(), 3).unwrap();
@@ -223,8 +223,8 @@ fn shadow_mode_reports_texts_too_long_for_the_plan() {
     let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"shadow": true, "global": {"characters": {"capacity": 10, "refill_per_second": 1}}}"#);
     let v = rl.admit(&store, 0, &anonymous("192.0.2.9:1"), 11).unwrap();
-    assert!(v.allowed && v.shadow_refused);
-    assert_eq!(v.refused_by, Some("global_characters"));
+    assert!(matches!(v.outcome, Outcome::WouldRefuse { .. }));
+    assert_eq!(v.refused_by(), Some("global_characters"));
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn draft03_headers_on_allowed_and_refused_answers() {
     assert!(header(&v, "Retry-After").is_none());
     rl.admit(&store, 0, &who, 0).unwrap();
     let v = rl.admit(&store, 0, &who, 0).unwrap();
-    assert_eq!(v.refused_by, Some("subject_in_flight"));
+    assert_eq!(v.refused_by(), Some("subject_in_flight"));
     assert_eq!(header(&v, "X-RateLimit-Limit").unwrap().split(',').next(), Some("2"));
     assert_eq!(header(&v, "X-RateLimit-Remaining"), Some("0"));
 }
@@ -269,7 +269,7 @@ fn unreadable_state_is_replaced_by_a_full_bucket_and_flagged() {
     let slot = SlotTable::new("subject", 1024).locate(&store, "kate").unwrap();
     store.set(&slot.key, b"\x07not a record", None).unwrap();
     let v = rl.admit(&store, 0, &user("kate", None), 0).unwrap();
-    assert!(v.allowed && v.state_reset);
+    assert!(v.allowed() && v.state_reset);
     assert_eq!(subject_record(&store, 1024, "kate").buckets[0].tokens, 9_000_000);
     assert!(!rl.admit(&store, 0, &user("kate", None), 0).unwrap().state_reset);
 }
@@ -279,11 +279,11 @@ fn a_clock_going_backwards_never_refills() {
     let store = MemoryStore::with_fixed_secret();
     let rl = limiter(r#"{"global": {"requests": {"capacity": 2, "refill_per_second": 1}}}"#);
     let who = anonymous("192.0.2.1:1");
-    assert!(rl.admit(&store, 10_000, &who, 0).unwrap().allowed);
-    assert!(rl.admit(&store, 10_000, &who, 0).unwrap().allowed);
-    assert!(!rl.admit(&store, 5_000, &who, 0).unwrap().allowed);
-    assert!(!rl.admit(&store, 10_999, &who, 0).unwrap().allowed);
-    assert!(rl.admit(&store, 11_000, &who, 0).unwrap().allowed);
+    assert!(rl.admit(&store, 10_000, &who, 0).unwrap().allowed());
+    assert!(rl.admit(&store, 10_000, &who, 0).unwrap().allowed());
+    assert!(!rl.admit(&store, 5_000, &who, 0).unwrap().allowed());
+    assert!(!rl.admit(&store, 10_999, &who, 0).unwrap().allowed());
+    assert!(rl.admit(&store, 11_000, &who, 0).unwrap().allowed());
 }
 
 /// Subjects whose records share one slot of a 16-slot table under `store`'s secret.
@@ -305,18 +305,18 @@ fn a_live_collision_shares_the_tighter_plan_and_an_idle_slot_is_taken_over() {
     );
     let (a, b) = colliding_subjects(&store);
     let tag = |subject: &str| SlotTable::new("subject", 16).locate(&store, subject).unwrap().tag;
-    assert!(rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed());
     // b (pro) arrives while a's bucket is not full: both draw from one record under free limits
-    assert!(rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap().allowed);
-    assert!(rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap().allowed);
+    assert!(rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap().allowed());
+    assert!(rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap().allowed());
     let v = rl.admit(&store, 0, &user(&b, Some("pro")), 0).unwrap();
-    assert_eq!(v.refused_by, Some("subject_requests"));
-    assert!(!rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed, "a shares the refusal");
+    assert_eq!(v.refused_by(), Some("subject_requests"));
+    assert!(!rl.admit(&store, 0, &user(&a, Some("free")), 0).unwrap().allowed(), "a shares the refusal");
     let record = subject_record(&store, 16, &a);
     assert_eq!(record.tag, tag(&a), "the resident keeps the slot");
     // 3 s later a's bucket is full again and nothing is in flight: b takes the slot over
     let v = rl.admit(&store, 3_000, &user(&b, Some("pro")), 0).unwrap();
-    assert!(v.allowed);
+    assert!(v.allowed());
     assert_eq!(header(&v, "X-RateLimit-Remaining"), Some("49"));
     assert_eq!(subject_record(&store, 16, &b).tag, tag(&b));
     assert_eq!(store.key_count(), 2, "one slot and the hash key");
@@ -374,15 +374,15 @@ fn two_workers_that_both_read_absent_are_both_counted() {
     let who = anonymous("192.0.2.1:1");
     let worker_a = || {
         let v = rl.admit(&store, 0, &who, 0).unwrap();
-        assert!(v.allowed);
+        assert!(v.allowed());
         assert_eq!(v.cas_retries, 0);
     };
     let worker_b_view = Interleaved { inner: &store, after_first_get: RefCell::new(Some(Box::new(worker_a))) };
     // B reads "absent", then A reads "absent" and creates the key, then B writes.
     let v = rl.admit(&worker_b_view, 0, &who, 0).unwrap();
-    assert!(v.allowed);
+    assert!(v.allowed());
     assert_eq!(v.cas_retries, 1, "B's create-only write failed and was redone on A's record");
-    assert!(!rl.admit(&store, 0, &who, 0).unwrap().allowed, "both requests were counted");
+    assert!(!rl.admit(&store, 0, &who, 0).unwrap().allowed(), "both requests were counted");
 }
 
 #[test]
@@ -464,7 +464,7 @@ fn a_store_error_on_the_global_record_gives_back_the_subject_charge() {
 fn admit_until_answered(rl: &RateLimiter, store: &dyn SharedStore, who: &Identity, chars: u64) -> bool {
     for _ in 0..10_000 {
         match rl.admit(store, 0, who, chars) {
-            Ok(verdict) => return verdict.allowed,
+            Ok(verdict) => return verdict.allowed(),
             Err(StoreError::CasMismatch) => thread::yield_now(),
             Err(other) => panic!("{other}"),
         }

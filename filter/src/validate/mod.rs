@@ -14,39 +14,15 @@ use voxgate_rules::body::{self, Body};
 use voxgate_rules::openai::{self, MAX_SPEED, MIN_SPEED};
 use voxgate_rules::{coqui, form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleError, Speakers, SpeechApi, TextLimits, VoiceTable};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::decision::Rejection;
+use crate::routes::Api;
 use text::DenyPatterns;
 
 /// Largest accepted `max_body_bytes`: the body is buffered in the filter's memory.
 pub const MAX_BODY_BYTES_LIMIT: usize = 16 << 20;
 /// Largest accepted `max_chars`.
 pub const MAX_CHARS_LIMIT: usize = 1_000_000;
-
-/// The API a route speaks (`api` in the route configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Api {
-    /// `POST /v1/audio/speech`, OpenAI's speech API.
-    #[serde(rename = "openai_speech")]
-    OpenAiSpeech,
-    /// `GET|POST /api/tts`, Coqui's TTS server API.
-    #[serde(rename = "coqui_tts")]
-    CoquiTts,
-    /// Everything else (voices, models, health): no body or text to validate.
-    #[serde(rename = "metadata")]
-    Metadata,
-}
-
-impl Api {
-    /// The body rules of a speech API; `None` for metadata routes.
-    pub fn speech(self) -> Option<SpeechApi> {
-        match self {
-            Api::OpenAiSpeech => Some(SpeechApi::OpenAi),
-            Api::CoquiTts => Some(SpeechApi::Coqui),
-            Api::Metadata => None,
-        }
-    }
-}
 
 /// `text` in the plugin configuration.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -245,14 +221,12 @@ impl TextValidator {
         Ok(())
     }
 
-    /// 405 for a method the route does not serve, 415 for a body type it does not read.
-    pub fn check_content_type(&self, api: Api, method: &str, content_type: Option<&str>) -> Result<(), Rejection> {
-        match (api, method) {
-            (Api::Metadata, _) | (Api::CoquiTts, "GET") => Ok(()),
-            (Api::OpenAiSpeech, "POST") => check_body_format(SpeechApi::OpenAi, content_type),
-            (Api::CoquiTts, "POST") => check_body_format(SpeechApi::Coqui, content_type),
-            (Api::OpenAiSpeech, _) => Err(method_not_allowed("POST")),
-            (Api::CoquiTts, _) => Err(method_not_allowed("GET, POST")),
+    /// 415 for a body type the route's API does not read. The method is the route's to check
+    /// (`routes::Route::check_method`), before any body is looked at.
+    pub fn check_content_type(&self, api: Api, content_type: Option<&str>) -> Result<(), Rejection> {
+        match api.speech() {
+            None => Ok(()),
+            Some(speech) => check_body_format(speech, content_type),
         }
     }
 
@@ -335,8 +309,4 @@ impl TextValidator {
 
 fn check_body_format(api: SpeechApi, content_type: Option<&str>) -> Result<(), Rejection> {
     body::body_format(api, content_type).map(|_| ()).map_err(Rejection::from)
-}
-
-fn method_not_allowed(allow: &str) -> Rejection {
-    Rejection::new(405, "method_not_allowed", format!("this route accepts {allow}")).with_header("Allow", allow)
 }

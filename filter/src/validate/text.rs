@@ -5,7 +5,7 @@
 
 use regex_lite::{Regex, RegexBuilder};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::decision::Rejection;
 
 /// Most deny patterns, and longest pattern, accepted.

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 
 use super::super::config::{BucketConfig, RateLimitConfig};
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 const FIELD: &str = "rate_limits.cluster";
 

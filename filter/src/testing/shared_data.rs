@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use super::secret::SECRET_KEY;
-use super::store::{SharedStore, StoreError};
+use crate::ratelimit::{SharedStore, StoreError, SECRET_KEY};
 
 /// The slot-hash secret of `MemoryStore::with_fixed_secret`.
 const FIXED_SECRET: [u8; 16] = *b"voxgate-test-key";
@@ -56,6 +55,13 @@ impl MemoryStore {
 
     pub fn key_count(&self) -> usize {
         self.inner.lock().unwrap().entries.len()
+    }
+
+    /// Every key, sorted, so that picking the n-th one is the same on every run.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.inner.lock().unwrap().entries.keys().cloned().collect();
+        keys.sort();
+        keys
     }
 
     pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
