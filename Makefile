@@ -71,6 +71,7 @@ bench: build
 	@bench/setup.sh
 	cargo build --release -p voxgate-sidecar --example rtf_floor
 	cargo build --release -p voxgate-rls --example rls_load
+	cargo build --release -p voxgate-filter --features testing --example host_cost
 	cargo build --release --target wasm32-wasip1 --manifest-path bench/wasm-floor/Cargo.toml --target-dir target
 	$(PYTHON) -m bench $(if $(BENCH),--only '$(BENCH)') $(if $(QUICK),--quick)
 

@@ -21,14 +21,14 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (cluster_limits, cost_per_unit, encoding, filter_cost, first_audio, flood_resilience, forged_tokens,
-               report, scheduling, synthesis, throughput)
+from . import (cluster_limits, cost_per_unit, encoding, filter_cost, filter_host, first_audio, flood_resilience,
+               forged_tokens, report, scheduling, synthesis, throughput)
 from .context import Context
 from .core import Section, method_of
 
 BENCHMARKS = {module.KEY: module for module in sorted(
     (filter_cost, synthesis, throughput, first_audio, forged_tokens, flood_resilience, cost_per_unit, encoding,
-     scheduling, cluster_limits),
+     scheduling, cluster_limits, filter_host),
     key=lambda m: m.NUMBER)}
 
 

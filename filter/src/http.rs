@@ -1509,32 +1509,6 @@ mod tests {
         assert_eq!(host.clock_reads.get(), 2, "the body is charged at its own time");
     }
 
-    /// The filter's own work for a request with a cached token, every bucket charged, on the
-    /// host (a measurement, not a test: run with
-    /// `cargo test --release -p voxgate-filter -- --ignored --nocapture measure_cached`).
-    #[test]
-    #[ignore]
-    fn measure_cached_request_on_the_host() {
-        let unreachable = json!({"capacity": 1_000_000_000u64, "refill_per_second": 1_000_000});
-        let mut config = config();
-        config["rate_limits"]["plans"]["free"] = json!({"requests": unreachable, "max_in_flight": 256});
-        config["rate_limits"]["global"] = json!({"requests": unreachable});
-        let guard = guard_from(config);
-        let host = host();
-        let headers = get("/v1/models", Some(&bearer(&token("alice"))));
-        let rounds = 300_000;
-        let started = std::time::Instant::now();
-        for _ in 0..rounds {
-            host.request(&refs(&headers));
-            let mut flow = RequestFlow::new(Some(guard.clone()));
-            assert_eq!(flow.on_request_headers(&host, true), Action::Continue);
-            flow.on_response_headers(&host);
-            flow.on_log(&host);
-        }
-        let per_request_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(rounds);
-        eprintln!("cached-token request, filter code on the host: {per_request_us:.2} µs");
-    }
-
     #[test]
     fn without_holding_headers_only_the_body_waits_and_a_bad_body_is_still_refused() {
         let mut relaxed = config();

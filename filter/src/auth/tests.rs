@@ -680,32 +680,6 @@ fn every_rejection_code_is_listed_for_metrics() {
     }
 }
 
-/// Host-side cost of an ES256 signature check against a cache hit (a measurement, not a test:
-/// run with `cargo test --release -p voxgate-filter -- --ignored --nocapture measure`).
-#[test]
-#[ignore]
-fn measure_es256_verify_against_cache_hit() {
-    use std::time::Instant;
-    let signer = Signer::es256();
-    let config = json!({"providers": [provider("dev", ISSUER, vec![signer.jwk(Some("k1"))])], "cache_entries": 1});
-    let auth = compile(config).unwrap();
-    let rounds = 300u32;
-    let tokens: Vec<String> = (0..rounds).map(|i| signer.sign(Some("k1"), &claims(&format!("user-{i}")))).collect();
-    let started = Instant::now();
-    for token in &tokens {
-        auth.verify(token, NOW).unwrap();
-    }
-    let miss = started.elapsed() / rounds;
-    let hot = &tokens[0];
-    auth.verify(hot, NOW).unwrap();
-    let started = Instant::now();
-    for _ in 0..rounds * 10 {
-        auth.verify(hot, NOW).unwrap();
-    }
-    let hit = started.elapsed() / (rounds * 10);
-    println!("ES256 verify (cache miss): {miss:?} per token; cache hit: {hit:?} per token; token {} bytes", hot.len());
-}
-
 /// The order of P-256, big-endian.
 const P256_ORDER: [u8; 32] = [
     0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6, 0xFA,
