@@ -5,7 +5,7 @@
 //! leaves with the first utterance. Every answer to a tenant reports in
 //! `x-voxgate-audio-seconds` the audio seconds the gateway is to charge.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue};
@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use futures_util::stream::{self, StreamExt};
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{timeout_at, Instant};
 
@@ -75,13 +76,36 @@ pub fn options_for(voice: &Voice, speaker: Option<u32>, speed: f32) -> Synthesis
     }
 }
 
-/// A short, stable fingerprint of the text for logs, which never hold the text itself.
+/// A short fingerprint of the text for logs, which never hold the text itself: the first 48 bits
+/// (12 hex digits) of HMAC-SHA256 under a key drawn once per process. The same text gets the same
+/// fingerprint within one process, so an operator can follow one text through the log lines of a
+/// request or of one sidecar's run; and since the key never leaves the process, someone reading
+/// the logs cannot test guesses of a short text (a yes, a name, a number) against its fingerprint,
+/// as they could against a plain hash. Fingerprints of one text differ between processes.
 pub fn digest(text: &str) -> TextDigest {
-    let hash = Sha256::digest(text.as_bytes());
     TextDigest {
         chars: text.chars().count(),
-        hash: hash[..6].iter().map(|byte| format!("{byte:02x}")).collect(),
+        hash: fingerprint(fingerprint_key(), text),
     }
+}
+
+/// The key of the text fingerprints: 32 bytes from the OS's random source, drawn on first use
+/// and never written anywhere.
+fn fingerprint_key() -> &'static [u8; 32] {
+    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the OS random source gives the fingerprint key");
+        key
+    })
+}
+
+/// The first 6 bytes of HMAC-SHA256(key, text), in lower-case hex.
+fn fingerprint(key: &[u8], text: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(text.as_bytes());
+    let tag = mac.finalize().into_bytes();
+    tag[..6].iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// Prices, admits, synthesizes and answers one request, and reports its cost.
@@ -402,8 +426,36 @@ mod tests {
         let first = digest("Hello world.");
         assert_eq!(first.chars, 12);
         assert_eq!(first.hash.len(), 12);
-        assert_eq!(first.hash, digest("Hello world.").hash);
+        assert!(first
+            .hash
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        assert_eq!(
+            first.hash,
+            digest("Hello world.").hash,
+            "stable within the process"
+        );
         assert_ne!(first.hash, digest("Hello world!").hash);
         assert!(!first.hash.contains("Hello"));
+    }
+
+    #[test]
+    fn digest_is_keyed_so_a_log_reader_cannot_test_guesses() {
+        use sha2::Digest;
+        let text = "yes";
+        let plain: String = Sha256::digest(text.as_bytes())[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(digest(text).hash, plain, "not the unkeyed SHA-256 prefix");
+        // HMAC-SHA256 under the process's key, truncated; the MAC checked on RFC 4231's case 2.
+        assert_eq!(digest(text).hash, fingerprint(fingerprint_key(), text));
+        assert_eq!(
+            fingerprint(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60"
+        );
+        // Another key (another process) gives another fingerprint of the same text.
+        assert_ne!(fingerprint(&[0u8; 32], text), fingerprint(&[1u8; 32], text));
+        assert_ne!(fingerprint_key(), &[0u8; 32]);
     }
 }
