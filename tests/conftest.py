@@ -4,6 +4,8 @@
 see harness.stack.Stack for what it offers (URLs, tokens, metrics, Envoy restarts).
 `envoy_factory` (module): starts Envoys with other filter configurations and stops them when the
 module is done.
+Tests marked `session_end` run after every other collected test (see
+pytest_collection_modifyitems).
 """
 
 import sys
@@ -21,6 +23,23 @@ from harness import Stack  # noqa: E402
 from tools import procs  # noqa: E402
 
 LOG_LINES_ON_FAILURE = 30
+SESSION_END = "session_end"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"{SESSION_END}: runs after every other collected test (it checks what the whole session left)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items):
+    """Moves the `session_end` tests behind all the others, keeping the order within each group,
+    so that such a test (the secrets scan of tests/test_secrets_in_logs.py) sees the whole
+    session, whatever order the files were named in."""
+    last = [item for item in items if item.get_closest_marker(SESSION_END) is not None]
+    if last:
+        first = [item for item in items if item.get_closest_marker(SESSION_END) is None]
+        items[:] = first + last
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,9 @@
-"""After the whole suite (the file name sorts last): no log that Envoy or a sidecar wrote during
-the test session holds a token, a signing secret or a submitted text.
+"""After the whole suite: no log that Envoy or a sidecar wrote during the test session holds a
+token, a signing secret or a submitted text.
+
+The module is marked `session_end`, and conftest.py moves every such test behind all the others
+that were collected, wherever its file stands on the command line, so the scan sees the logs of
+the whole session.
 
 Scanned: every `*.log` file under the session's temporary folder, which is where the harness,
 the launcher test and the hardening tests keep every process's output and every Envoy access
@@ -26,6 +30,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -34,6 +39,8 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from harness import PIPER_VOICE
 from hostile_cases import MARKER
 from tools import devkeys
+
+pytestmark = pytest.mark.session_end
 
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.")
 PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
