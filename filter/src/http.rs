@@ -18,7 +18,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use crate::access_log;
 use crate::auth::{self, Cached};
 use crate::config::CompiledConfig;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 use crate::host::{Host, HostError};
 use crate::metrics::Metrics;
 use crate::ratelimit::cluster::{self, Answer, FailureMode, GlobalLimit};
@@ -149,15 +149,14 @@ impl RequestFlow {
     pub fn on_request_headers(&mut self, host: &dyn Host, end_of_stream: bool) -> Action {
         let Some(guard) = self.guard.clone() else {
             let rejection = Rejection::new(
-                503,
-                "filter_not_configured",
+                Code::FilterNotConfigured,
                 "the gateway filter has no valid configuration",
             );
             host.log(
                 LogLevel::Error,
                 "voxgate: refused reason=filter_not_configured status=503",
             );
-            self.record(host, rejection.code);
+            self.record(host, rejection.code.as_str());
             if let Err(e) = response::send(host, &rejection) {
                 host.log(LogLevel::Error, &format!("voxgate: could not answer: {e}"));
             }
@@ -317,7 +316,7 @@ impl RequestFlow {
                     LogLevel::Error,
                     &format!("voxgate: internal error, request refused: {message}"),
                 );
-                Rejection::new(500, "internal_error", "the gateway could not check this request")
+                Rejection::new(Code::InternalError, "the gateway could not check this request")
             }
         };
         self.stage = Stage::Answered;
@@ -325,7 +324,7 @@ impl RequestFlow {
             Ok(ip) => ip.to_string(),
             Err(_) => UNKNOWN_CLIENT.to_string(),
         };
-        self.record(host, rejection.code);
+        self.record(host, rejection.code.as_str());
         let route = self.route.as_ref().map_or("-", |r| r.prefix.as_str());
         let labels = RequestLabels {
             route,
@@ -383,7 +382,7 @@ impl RequestFlow {
         if let Some(length) = header(&headers, "content-length") {
             let length = length
                 .parse::<usize>()
-                .map_err(|_| Rejection::new(400, "invalid_content_length", "Content-Length is not a number"))?;
+                .map_err(|_| Rejection::new(Code::InvalidContentLength, "Content-Length is not a number"))?;
             config.text.check_body_size(length)?;
         }
         self.query = routes::query(path).to_string();
@@ -418,8 +417,7 @@ impl RequestFlow {
         } else if api == Api::CoquiTts && !self.query.is_empty() {
             // The sidecar, like Coqui, would prefer the query's parameters over the body's.
             return Err(Rejection::new(
-                400,
-                "ambiguous_parameters",
+                Code::AmbiguousParameters,
                 "send the parameters in the body or in the query string, not both",
             )
             .into());
@@ -454,7 +452,7 @@ impl RequestFlow {
             Ok(verified) => verified,
             Err(rejection) => {
                 // A 403 concerns an authentic token (wrong audience or scope): not a forgery.
-                if rejection.status == 401 {
+                if rejection.status() == 401 {
                     self.charge_failed_auth(host, guard, now_ms)?;
                 }
                 return Err(rejection.into());
@@ -522,7 +520,7 @@ impl RequestFlow {
                     // An address many clients may share: a token that verifies passes whoever
                     // else failed from there; one that does not is told to back off.
                     Some(retry_after_s) => match auth.verify_uncached(unverified) {
-                        Err(rejection) if rejection.status == 401 => {
+                        Err(rejection) if rejection.status() == 401 => {
                             self.limit = Some(AUTH_FAILURES.to_string());
                             Err(too_many_failures(retry_after_s))
                         }
@@ -565,7 +563,7 @@ impl RequestFlow {
             Outcome::Refused { limit, rejection } => {
                 self.limit = Some(limit.to_string());
                 // A text larger than a bucket could ever hold is a 400, not a rate limit.
-                if rejection.status == 429 {
+                if rejection.status() == 429 {
                     guard.metrics.rate_limited(host, limit);
                     self.count_plan_decision(host, guard, true);
                 }
@@ -638,8 +636,7 @@ impl RequestFlow {
                 guard.metrics.rate_limited(host, name);
                 self.count_plan_decision(host, guard, true);
                 let rejection = Rejection::new(
-                    429,
-                    "rate_limited",
+                    Code::RateLimited,
                     format!("rate limit reached ({name}); retry after {retry_after_s} s"),
                 );
                 Err(Rejection { headers, ..rejection }.into())
@@ -656,8 +653,7 @@ impl RequestFlow {
                     FailureMode::Deny => {
                         self.give_back(host, guard, &pending)?;
                         let rejection = Rejection::new(
-                            503,
-                            "rate_limit_unavailable",
+                            Code::RateLimitUnavailable,
                             "the cluster's rate limits could not be checked; retry after 1 s",
                         );
                         let headers = vec![("Retry-After".to_string(), "1".to_string())];
@@ -823,7 +819,7 @@ fn ip_without_port(address: Option<&str>) -> String {
 
 /// 400 for a body on a request that takes none.
 fn unexpected_body(method: &str) -> Rejection {
-    Rejection::new(400, "unexpected_body", format!("a {method} request on this route carries no body"))
+    Rejection::new(Code::UnexpectedBody, format!("a {method} request on this route carries no body"))
 }
 
 /// The limit on failed authentications per address, by the name logs and metrics use.
@@ -831,11 +827,7 @@ const AUTH_FAILURES: &str = "auth_failures";
 
 /// 429 for an address whose failed authentications emptied its bucket.
 fn too_many_failures(retry_after_s: u64) -> Rejection {
-    Rejection::new(
-        429,
-        AUTH_FAILURES,
-        "too many failed authentications from this address",
-    )
+    Rejection::new(Code::AuthFailures, "too many failed authentications from this address")
     .with_header("retry-after", retry_after_s.max(1).to_string())
 }
 
@@ -849,8 +841,7 @@ fn check_coqui_headers(headers: &[(String, String)]) -> Result<(), Rejection> {
         .find(|(n, _)| COQUI_HEADER_PARAMETERS.iter().any(|p| n.eq_ignore_ascii_case(p)));
     match found {
         Some((name, _)) => Err(Rejection::new(
-            400,
-            "unsupported_parameter_source",
+            Code::UnsupportedParameterSource,
             format!("the `{name}` header is not accepted: send the parameters in the query string or the body"),
         )),
         None => Ok(()),

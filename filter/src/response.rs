@@ -30,14 +30,14 @@ pub fn reject(
     labels: &RequestLabels,
     log: bool,
 ) -> Result<(), HostError> {
-    metrics.decision(host, rejection.code);
+    metrics.decision(host, rejection.code.as_str());
     if log {
         host.log(
             LogLevel::Info,
             &format!(
                 "voxgate: refused reason={} status={} route={} limit={} subject={} client={}",
                 rejection.code,
-                rejection.status,
+                rejection.status(),
                 labels.route,
                 labels.limit.unwrap_or("-"),
                 labels.subject.unwrap_or("-"),
@@ -57,19 +57,20 @@ pub fn send(host: &dyn Host, rejection: &Rejection) -> Result<(), HostError> {
     let details = format!("{DETAILS_PREFIX}{}", rejection.code);
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json"), ("cache-control", "no-store")];
     headers.extend(rejection.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    host.send_response(rejection.status, &details, &headers, body.as_bytes())
+    host.send_response(rejection.status(), &details, &headers, body.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Code;
     use crate::testing::FakeHost;
 
     #[test]
     fn rejection_becomes_json_response_log_line_and_counter() {
         let host = FakeHost::new();
         let metrics = Metrics::new();
-        let rejection = Rejection::new(429, "rate_limited", "too many requests").with_header("retry-after", "3");
+        let rejection = Rejection::new(Code::RateLimited, "too many requests").with_header("retry-after", "3");
         let labels = RequestLabels {
             route: "/v1/audio/speech",
             limit: Some("subject_requests"),

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use voxgate_rules::SpeechApi;
 
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 use crate::error::ConfigError;
 
 /// The API a route speaks (`api` in the route configuration).
@@ -108,8 +108,7 @@ impl Route {
             Ok(())
         } else {
             Err(Rejection::new(
-                405,
-                "method_not_allowed",
+                Code::MethodNotAllowed,
                 format!("method {method} is not allowed on this route"),
             )
             .with_header("allow", allowed.join(", ")))
@@ -186,8 +185,7 @@ impl RouteTable {
         let path = path_only(path);
         if let Some(reason) = unsafe_path_reason(path) {
             return Err(Rejection::new(
-                400,
-                "invalid_path",
+                Code::InvalidPath,
                 format!("the request path is not a plain path ({reason})"),
             ));
         }
@@ -271,7 +269,7 @@ mod tests {
         assert_eq!(t.find("/v1/audio/speechx").unwrap().api, Api::Metadata);
         for path in ["/healthzz", "/healthz.json", "/healthz-admin", "/api/ttsx", "/api/tts2?text=hi"] {
             let e = t.find(path).unwrap_err();
-            assert_eq!((e.status, e.code), (404, "unknown_route"), "{path}");
+            assert_eq!((e.status(), e.code.as_str()), (404, "unknown_route"), "{path}");
         }
     }
 
@@ -281,14 +279,14 @@ mod tests {
         // Not even by the `/v1/` route that would otherwise take `/v1/audio/speech/`.
         for path in ["/api/tts/", "/api/tts/x?text=hi", "/v1/audio/speech/", "/v1/audio/speech/more/deeper"] {
             let e = t.find(path).unwrap_err();
-            assert_eq!((e.status, e.code), (404, "unknown_route"), "{path}");
+            assert_eq!((e.status(), e.code.as_str()), (404, "unknown_route"), "{path}");
         }
     }
 
     #[test]
     fn unknown_path_is_404() {
         let e = table().find("/admin").unwrap_err();
-        assert_eq!((e.status, e.code), (404, "unknown_route"));
+        assert_eq!((e.status(), e.code.as_str()), (404, "unknown_route"));
     }
 
     #[test]
@@ -302,7 +300,7 @@ mod tests {
             "/v1/a\\b",
         ] {
             let e = t.find(path).unwrap_err();
-            assert_eq!((e.status, e.code), (400, "invalid_path"), "{path}");
+            assert_eq!((e.status(), e.code.as_str()), (400, "invalid_path"), "{path}");
         }
     }
 
@@ -312,7 +310,7 @@ mod tests {
         let speech = t.find("/v1/audio/speech").unwrap();
         assert!(speech.check_method("POST").is_ok());
         let e = speech.check_method("GET").unwrap_err();
-        assert_eq!((e.status, e.code), (405, "method_not_allowed"));
+        assert_eq!((e.status(), e.code.as_str()), (405, "method_not_allowed"));
         assert_eq!(e.headers, vec![("allow".to_string(), "POST".to_string())]);
         let coqui = t.find("/api/tts").unwrap();
         assert!(coqui.check_method("GET").is_ok() && coqui.check_method("POST").is_ok());

@@ -175,7 +175,7 @@ fuzz_target!(|input: Input| {
                         );
                         if let Some(rejection) = verdict.rejection() {
                             oracle::check_rejection(rejection, &[400, 429], &[]);
-                            if rejection.status == 429 {
+                            if rejection.status() == 429 {
                                 let retry = rejection
                                     .headers
                                     .iter()

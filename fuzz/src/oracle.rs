@@ -2,23 +2,22 @@
 //! error shape and an expected status, carries no secret or user text, and forwarded headers
 //! cannot split a header block.
 
-use voxgate_filter::auth::{FORWARDED_PREFIX, REJECTION_CODES};
+use voxgate_filter::auth::FORWARDED_PREFIX;
 use voxgate_filter::decision::Rejection;
 
 /// A refusal with one of `statuses`, a well-formed JSON body, and no trace of the token-like
 /// strings among `hidden` in its message or headers (see `token_like`).
 pub fn check_rejection(rejection: &Rejection, statuses: &[u16], hidden: &[&str]) {
     assert!(
-        statuses.contains(&rejection.status),
+        statuses.contains(&rejection.status()),
         "unexpected status {} ({})",
-        rejection.status,
+        rejection.status(),
         rejection.code
     );
-    assert!(!rejection.code.is_empty(), "a refusal without a code");
     let body: serde_json::Value =
         serde_json::from_str(&rejection.body()).expect("the error body is JSON");
     assert_eq!(
-        body["error"]["code"], rejection.code,
+        body["error"]["code"], rejection.code.as_str(),
         "the body names the code"
     );
     assert!(body["error"]["type"].is_string() && body["error"]["message"].is_string());
@@ -43,14 +42,9 @@ pub fn check_rejection(rejection: &Rejection, statuses: &[u16], hidden: &[&str])
     }
 }
 
-/// An authentication refusal: 401 or 403 with a code the metrics know.
+/// An authentication refusal: 401 or 403 (its code is one of `decision::Code`'s by type).
 pub fn check_auth_rejection(rejection: &Rejection, hidden: &[&str]) {
     check_rejection(rejection, &[401, 403], hidden);
-    assert!(
-        REJECTION_CODES.contains(&rejection.code),
-        "unknown auth refusal code {}",
-        rejection.code
-    );
 }
 
 /// `x-voxgate-*` headers with values that are non-empty, short and free of control characters.

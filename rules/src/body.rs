@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 use crate::media::{self, MediaType};
 use crate::{form, json};
 
@@ -73,9 +73,7 @@ pub fn json_body(content_type: Option<&str>, body: &[u8]) -> Result<Map<String, 
 
 fn utf8(body: &[u8]) -> Result<&str, RuleError> {
     std::str::from_utf8(body).map_err(|e| {
-        RuleError::new(
-            400,
-            "invalid_utf8",
+        RuleError::new(RuleCode::InvalidUtf8,
             format!(
                 "the request body is not valid UTF-8 (byte {})",
                 e.valid_up_to()
@@ -89,9 +87,7 @@ fn unsupported_media_type(api: SpeechApi) -> RuleError {
         SpeechApi::Coqui => "application/json or application/x-www-form-urlencoded (UTF-8)",
         SpeechApi::OpenAi => "application/json (UTF-8)",
     };
-    RuleError::new(
-        415,
-        "unsupported_media_type",
+    RuleError::new(RuleCode::UnsupportedMediaType,
         format!("the request body must be {accepted}"),
     )
 }
@@ -101,7 +97,7 @@ mod tests {
     use super::*;
 
     fn code(api: SpeechApi, content_type: Option<&str>, body: &[u8]) -> &'static str {
-        parse_body(api, content_type, body).unwrap_err().code
+        parse_body(api, content_type, body).unwrap_err().code.as_str()
     }
 
     #[test]
@@ -118,9 +114,9 @@ mod tests {
         assert_eq!(code(SpeechApi::OpenAi, Some("application/json; charset=latin1"), b"{}"), "unsupported_media_type");
         assert_eq!(code(SpeechApi::OpenAi, json, b"{\"input\": \"\xff\"}"), "invalid_utf8");
         assert!(json_body(json, br#"{"input": "a"}"#).is_ok());
-        assert_eq!(json_body(form, b"input=a").unwrap_err().code, "unsupported_media_type");
-        assert_eq!(json_body(json, b"[]").unwrap_err().code, "invalid_body");
+        assert_eq!(json_body(form, b"input=a").unwrap_err().code.as_str(), "unsupported_media_type");
+        assert_eq!(json_body(json, b"[]").unwrap_err().code.as_str(), "invalid_body");
         let error = parse_body(SpeechApi::OpenAi, form, b"").unwrap_err();
-        assert_eq!((error.status, error.param), (415, None));
+        assert_eq!((error.status(), error.param), (415, None));
     }
 }

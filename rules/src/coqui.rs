@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 use crate::fields;
 use crate::text::TextLimits;
 
@@ -78,7 +78,7 @@ pub fn check_language(requested: Option<&str>, voice: &str, spoken: &str) -> Res
     match requested {
         Some(language) if !same_language(language, spoken) => Err(RuleError::invalid(
             "language_id",
-            "unsupported_language",
+            RuleCode::UnsupportedLanguage,
             format!("voice `{voice}` speaks `{spoken}`; leave `language_id` empty or use that language"),
         )),
         _ => Ok(()),
@@ -130,10 +130,10 @@ mod tests {
         assert_eq!(params.speaker_id.as_deref(), Some("2"));
         assert_eq!(params.check_text(&TextLimits::default()), Ok(3));
         for bad in [json!({"text": ["Hi."]}), json!({"text": "a", "style_wav": 1}), json!({"text": "a", "speaker_id": -2})] {
-            assert_eq!(CoquiParams::from_json(bad.as_object().unwrap()).unwrap_err().code, "invalid_type", "{bad}");
+            assert_eq!(CoquiParams::from_json(bad.as_object().unwrap()).unwrap_err().code.as_str(), "invalid_type", "{bad}");
         }
-        assert_eq!(CoquiParams::default().check_text(&TextLimits::default()).unwrap_err().code, "missing_field");
-        assert_eq!(pairs("text=+++").check_text(&TextLimits::default()).unwrap_err().code, "empty_input");
+        assert_eq!(CoquiParams::default().check_text(&TextLimits::default()).unwrap_err().code.as_str(), "missing_field");
+        assert_eq!(pairs("text=+++").check_text(&TextLimits::default()).unwrap_err().code.as_str(), "empty_input");
         assert_eq!(pairs("text=a&voice=").voice(), None);
         assert_eq!(pairs("text=a&language_id=+").language(), None);
     }
@@ -150,6 +150,6 @@ mod tests {
         assert_eq!(check_language(None, "v", "en-us"), Ok(()));
         assert_eq!(check_language(Some("en"), "v", "en-us"), Ok(()));
         let error = check_language(Some("de"), "v", "en-us").unwrap_err();
-        assert_eq!((error.code, error.param), ("unsupported_language", Some("language_id")));
+        assert_eq!((error.code.as_str(), error.param), ("unsupported_language", Some("language_id")));
     }
 }

@@ -2,12 +2,75 @@
 
 use serde_json::json;
 
+/// Every refusal of the shared rules, and the one place that gives each its HTTP status and
+/// its stable machine-readable name (the `code` of the error body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RuleCode {
+    UnknownRoute,
+    UnsupportedMediaType,
+    InvalidBody,
+    InvalidUtf8,
+    MalformedJson,
+    DuplicateField,
+    InvalidEncoding,
+    MissingField,
+    InvalidType,
+    EmptyInput,
+    InputTooLong,
+    ForbiddenCharacter,
+    InvalidSpeed,
+    UnknownModel,
+    UnknownVoice,
+    UnknownSpeaker,
+    UnsupportedLanguage,
+    UnsupportedResponseFormat,
+    UnsupportedStreamFormat,
+}
+
+impl RuleCode {
+    fn spec(self) -> (u16, &'static str) {
+        match self {
+            RuleCode::UnknownRoute => (404, "unknown_route"),
+            RuleCode::UnsupportedMediaType => (415, "unsupported_media_type"),
+            RuleCode::InvalidBody => (400, "invalid_body"),
+            RuleCode::InvalidUtf8 => (400, "invalid_utf8"),
+            RuleCode::MalformedJson => (400, "malformed_json"),
+            RuleCode::DuplicateField => (400, "duplicate_field"),
+            RuleCode::InvalidEncoding => (400, "invalid_encoding"),
+            RuleCode::MissingField => (400, "missing_field"),
+            RuleCode::InvalidType => (400, "invalid_type"),
+            RuleCode::EmptyInput => (400, "empty_input"),
+            RuleCode::InputTooLong => (400, "input_too_long"),
+            RuleCode::ForbiddenCharacter => (400, "forbidden_character"),
+            RuleCode::InvalidSpeed => (400, "invalid_speed"),
+            RuleCode::UnknownModel => (400, "unknown_model"),
+            RuleCode::UnknownVoice => (400, "unknown_voice"),
+            RuleCode::UnknownSpeaker => (400, "unknown_speaker"),
+            RuleCode::UnsupportedLanguage => (400, "unsupported_language"),
+            RuleCode::UnsupportedResponseFormat => (400, "unsupported_response_format"),
+            RuleCode::UnsupportedStreamFormat => (400, "unsupported_stream_format"),
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        self.spec().0
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.spec().1
+    }
+}
+
+impl PartialEq<&str> for RuleCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A refused request: what the client must change, and which field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleError {
-    pub status: u16,
-    /// Stable machine-readable reason (`unknown_voice`, `unsupported_response_format`, …).
-    pub code: &'static str,
+    pub code: RuleCode,
     /// Names the problem; never repeats the submitted text.
     pub message: String,
     /// The request field at fault, when there is one.
@@ -16,30 +79,31 @@ pub struct RuleError {
 
 impl RuleError {
     /// A refusal with no field at fault.
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: RuleCode, message: impl Into<String>) -> Self {
         RuleError {
-            status,
             code,
             message: message.into(),
             param: None,
         }
     }
 
-    /// 400 for field `param`.
-    pub fn invalid(param: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal of field `param`.
+    pub fn invalid(param: &'static str, code: RuleCode, message: impl Into<String>) -> Self {
         RuleError {
-            status: 400,
-            code,
-            message: message.into(),
             param: Some(param),
+            ..RuleError::new(code, message)
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.code.status()
     }
 }
 
 /// 404 for a path no route serves: the paths each API serves are the same on both sides, so
 /// either answers a stray path alike.
 pub fn unknown_route() -> RuleError {
-    RuleError::new(404, "unknown_route", "no route serves this path")
+    RuleError::new(RuleCode::UnknownRoute, "no route serves this path")
 }
 
 /// The OpenAI error `type` for an HTTP status.

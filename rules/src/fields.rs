@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// A string member.
 pub fn string<'a>(
@@ -58,11 +58,11 @@ pub fn speaker(map: &Map<String, Value>, name: &'static str) -> Result<Option<St
 
 /// 400 `missing_field` for a required field that is absent.
 pub fn missing(name: &'static str) -> RuleError {
-    RuleError::invalid(name, "missing_field", format!("`{name}` is required"))
+    RuleError::invalid(name, RuleCode::MissingField, format!("`{name}` is required"))
 }
 
 fn wrong_type(name: &'static str, expected: &str) -> RuleError {
-    RuleError::invalid(name, "invalid_type", format!("`{name}` must be {expected}"))
+    RuleError::invalid(name, RuleCode::InvalidType, format!("`{name}` must be {expected}"))
 }
 
 #[cfg(test)]
@@ -78,16 +78,16 @@ mod tests {
         assert_eq!(string(map, "z").unwrap(), None);
         assert_eq!(string(map, "missing").unwrap(), None);
         let error = string(map, "n").unwrap_err();
-        assert_eq!((error.code, error.param), ("invalid_type", Some("n")));
-        assert_eq!(required_string(map, "z").unwrap_err().code, "missing_field");
-        assert_eq!(required_string(map, "absent").unwrap_err().code, "missing_field");
+        assert_eq!((error.code.as_str(), error.param), ("invalid_type", Some("n")));
+        assert_eq!(required_string(map, "z").unwrap_err().code.as_str(), "missing_field");
+        assert_eq!(required_string(map, "absent").unwrap_err().code.as_str(), "missing_field");
         assert_eq!(number(map, "n").unwrap(), Some(1.5));
-        assert_eq!(number(map, "s").unwrap_err().code, "invalid_type");
+        assert_eq!(number(map, "s").unwrap_err().code.as_str(), "invalid_type");
         assert_eq!(boolean(map, "b").unwrap(), Some(true));
-        assert_eq!(boolean(map, "i").unwrap_err().code, "invalid_type");
+        assert_eq!(boolean(map, "i").unwrap_err().code.as_str(), "invalid_type");
         assert_eq!(speaker(map, "i").unwrap(), Some("3".to_owned()));
         assert_eq!(speaker(map, "s").unwrap(), Some("x".to_owned()));
-        assert_eq!(speaker(map, "neg").unwrap_err().code, "invalid_type");
-        assert_eq!(speaker(map, "n").unwrap_err().code, "invalid_type");
+        assert_eq!(speaker(map, "neg").unwrap_err().code.as_str(), "invalid_type");
+        assert_eq!(speaker(map, "n").unwrap_err().code.as_str(), "invalid_type");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// Decodes `name=value&…` pairs (`+` is a space). Empty segments are skipped; a name
 /// without `=` has an empty value.
@@ -19,7 +19,7 @@ pub fn parse_pairs(input: &str) -> Result<BTreeMap<String, String>, RuleError> {
         let value = decode(value)?;
         if pairs.contains_key(&name) {
             let shown = if is_plain_name(&name) { format!("parameter `{name}`") } else { "a parameter".to_string() };
-            return Err(RuleError::new(400, "duplicate_field", format!("{shown} appears more than once")));
+            return Err(RuleError::new(RuleCode::DuplicateField, format!("{shown} appears more than once")));
         }
         pairs.insert(name, value);
     }
@@ -41,7 +41,7 @@ fn decode(component: &str) -> Result<String, RuleError> {
                 let high = bytes.get(i + 1).and_then(|b| (*b as char).to_digit(16));
                 let low = bytes.get(i + 2).and_then(|b| (*b as char).to_digit(16));
                 let (Some(high), Some(low)) = (high, low) else {
-                    return Err(RuleError::new(400, "invalid_encoding", "malformed percent-encoding in the form data"));
+                    return Err(RuleError::new(RuleCode::InvalidEncoding, "malformed percent-encoding in the form data"));
                 };
                 out.push((high * 16 + low) as u8);
                 i += 2;
@@ -51,9 +51,7 @@ fn decode(component: &str) -> Result<String, RuleError> {
         i += 1;
     }
     String::from_utf8(out).map_err(|e| {
-        RuleError::new(
-            400,
-            "invalid_utf8",
+        RuleError::new(RuleCode::InvalidUtf8,
             format!("form data is not valid UTF-8 after percent-decoding (byte {})", e.utf8_error().valid_up_to()),
         )
     })
@@ -78,21 +76,21 @@ mod tests {
     #[test]
     fn malformed_escapes_are_refused() {
         for query in ["text=%", "text=%4", "text=%zz", "text=100%", "te%xt=a", "text=%+1"] {
-            assert_eq!(parse_pairs(query).unwrap_err().code, "invalid_encoding", "{query}");
+            assert_eq!(parse_pairs(query).unwrap_err().code.as_str(), "invalid_encoding", "{query}");
         }
     }
 
     #[test]
     fn invalid_utf8_after_decoding_is_refused() {
         for query in ["text=%C0%80", "text=%FF", "text=%E2%82", "text=%ED%A0%80"] {
-            assert_eq!(parse_pairs(query).unwrap_err().code, "invalid_utf8", "{query}");
+            assert_eq!(parse_pairs(query).unwrap_err().code.as_str(), "invalid_utf8", "{query}");
         }
     }
 
     #[test]
     fn repeated_names_are_refused_after_decoding() {
-        assert_eq!(parse_pairs("text=a&text=b").unwrap_err().code, "duplicate_field");
-        assert_eq!(parse_pairs("text=a&t%65xt=b").unwrap_err().code, "duplicate_field");
+        assert_eq!(parse_pairs("text=a&text=b").unwrap_err().code.as_str(), "duplicate_field");
+        assert_eq!(parse_pairs("text=a&t%65xt=b").unwrap_err().code.as_str(), "duplicate_field");
         assert_eq!(parse_pairs("text=a&text=b").unwrap_err().message, "parameter `text` appears more than once");
     }
 }

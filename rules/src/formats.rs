@@ -1,7 +1,7 @@
 //! `response_format` (the audio encoding of the answer) and the streaming options `stream`
 //! and `stream_format`.
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// The encodings an answer may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +68,7 @@ impl ResponseFormat {
             };
             RuleError::invalid(
                 "response_format",
-                "unsupported_response_format",
+                RuleCode::UnsupportedResponseFormat,
                 format!("`response_format` {what}; use one of {}", supported_list()),
             )
         })
@@ -101,7 +101,7 @@ impl StreamMode {
             (Some("sse"), _) => Ok(StreamMode::Sse),
             (Some(_), _) => Err(RuleError::invalid(
                 "stream_format",
-                "unsupported_stream_format",
+                RuleCode::UnsupportedStreamFormat,
                 "`stream_format` must be `audio` or `sse`",
             )),
         }
@@ -130,7 +130,7 @@ mod tests {
         for bad in ["aac", "ogg", ""] {
             let error = ResponseFormat::parse(Some(bad)).unwrap_err();
             assert_eq!(
-                (error.status, error.code, error.param),
+                (error.status(), error.code.as_str(), error.param),
                 (400, "unsupported_response_format", Some("response_format"))
             );
             assert!(
@@ -165,7 +165,7 @@ mod tests {
             Ok(StreamMode::Sse)
         );
         assert_eq!(
-            StreamMode::parse(None, Some("events")).unwrap_err().code,
+            StreamMode::parse(None, Some("events")).unwrap_err().code.as_str(),
             "unsupported_stream_format"
         );
     }

@@ -11,7 +11,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// Parses `text` as a JSON object; every failure is a 400 with a precise code.
 pub fn parse_object(text: &str) -> Result<Map<String, Value>, RuleError> {
@@ -22,9 +22,9 @@ pub fn parse_object(text: &str) -> Result<Map<String, Value>, RuleError> {
         .and_then(|value| deserializer.end().map(|()| value));
     match parsed {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(RuleError::new(400, "invalid_body", "the request body must be a JSON object")),
+        Ok(_) => Err(RuleError::new(RuleCode::InvalidBody, "the request body must be a JSON object")),
         Err(error) => Err(match duplicate.into_inner() {
-            Some(key) => RuleError::new(400, "duplicate_field", format!("{} appears more than once", describe_key(&key))),
+            Some(key) => RuleError::new(RuleCode::DuplicateField, format!("{} appears more than once", describe_key(&key))),
             None => malformed(&error),
         }),
     }
@@ -42,7 +42,7 @@ fn malformed(error: &serde_json::Error) -> RuleError {
             format!("malformed JSON at line {} column {}", error.line(), error.column())
         }
     };
-    RuleError::new(400, "malformed_json", message)
+    RuleError::new(RuleCode::MalformedJson, message)
 }
 
 /// Names a key in an error message only if it looks like a field name, so that arbitrary
@@ -134,7 +134,7 @@ mod tests {
     use super::*;
 
     fn code(text: &str) -> &'static str {
-        parse_object(text).unwrap_err().code
+        parse_object(text).unwrap_err().code.as_str()
     }
 
     #[test]
@@ -163,7 +163,7 @@ mod tests {
         for depth in [129, 1_000, 100_000] {
             let text = format!("{{\"input\": {}{}}}", "[".repeat(depth), "]".repeat(depth));
             let r = parse_object(&text).unwrap_err();
-            assert_eq!(r.code, "malformed_json");
+            assert_eq!(r.code.as_str(), "malformed_json");
             assert!(r.message.contains("128 levels"), "{}", r.message);
             let objects = format!("{}{}", "{\"a\":".repeat(depth), "}".repeat(depth));
             assert_eq!(code(&objects), "malformed_json");

@@ -28,7 +28,7 @@ pub mod voices;
 
 pub use body::{Body, BodyFormat, SpeechApi};
 pub use coqui::CoquiParams;
-pub use error::RuleError;
+pub use error::{RuleCode, RuleError};
 pub use formats::{ResponseFormat, StreamMode};
 pub use openai::OpenAiSpeech;
 pub use speakers::Speakers;

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 use crate::fields;
 use crate::formats::{ResponseFormat, StreamMode};
 use crate::text::TextLimits;
@@ -77,7 +77,7 @@ pub fn check_speed(speed: f64) -> Result<f64, RuleError> {
 pub fn speed_outside(min: f64, max: f64) -> RuleError {
     RuleError::invalid(
         "speed",
-        "invalid_speed",
+        RuleCode::InvalidSpeed,
         format!("`speed` must be between {min} and {max}"),
     )
 }
@@ -91,7 +91,7 @@ mod tests {
         let map = body.as_object().expect("test bodies are objects");
         OpenAiSpeech::parse(map, &TextLimits::default())
             .map(|r| (r.format, r.speed(), r.stream, r.chars))
-            .map_err(|e| e.code)
+            .map_err(|e| e.code.as_str())
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// The speakers of one voice.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Speakers {
             Some(id) if id < self.count => Ok(Some(id)),
             _ => Err(RuleError::invalid(
                 param,
-                "unknown_speaker",
+                RuleCode::UnknownSpeaker,
                 format!(
                     "voice `{voice}` has no such speaker; it has {} (ids 0 to {})",
                     self.describe(),
@@ -102,7 +102,7 @@ mod tests {
         assert_eq!(speakers.names_by_id(), vec!["p225", "p226"]);
         for bad in ["3", "ghost", "p227", "-1", "1.0"] {
             let error = speakers.resolve("v", Some(bad), "speaker_id").unwrap_err();
-            assert_eq!((error.status, error.code, error.param), (400, "unknown_speaker", Some("speaker_id")), "{bad}");
+            assert_eq!((error.status(), error.code.as_str(), error.param), (400, "unknown_speaker", Some("speaker_id")), "{bad}");
         }
     }
 

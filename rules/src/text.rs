@@ -2,7 +2,7 @@
 //! invisible characters (unless allowed). Messages give counts, positions and code points,
 //! never the text.
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// The limits a text is checked against; the filter and the sidecar each hold one, set alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl TextLimits {
         if text.trim().is_empty() {
             return Err(RuleError::invalid(
                 param,
-                "empty_input",
+                RuleCode::EmptyInput,
                 format!("`{param}` is empty or only whitespace"),
             ));
         }
@@ -37,7 +37,7 @@ impl TextLimits {
         if chars > self.max_chars {
             return Err(RuleError::invalid(
                 param,
-                "input_too_long",
+                RuleCode::InputTooLong,
                 format!(
                     "`{param}` has {chars} characters; the limit is {}",
                     self.max_chars
@@ -53,7 +53,7 @@ impl TextLimits {
             if let Some(kind) = kind {
                 return Err(RuleError::invalid(
                     param,
-                    "forbidden_character",
+                    RuleCode::ForbiddenCharacter,
                     format!(
                         "`{param}` contains {kind} U+{:04X} at character {position}",
                         u32::from(c)
@@ -113,7 +113,7 @@ mod tests {
     };
 
     fn code(limits: &TextLimits, text: &str) -> &'static str {
-        limits.check("input", text).unwrap_err().code
+        limits.check("input", text).unwrap_err().code.as_str()
     }
 
     #[test]
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn forbidden_characters_are_reported_by_code_point_and_position() {
         let r = LIMITS.check("text", "ab\u{202E}cd").unwrap_err();
-        assert_eq!((r.code, r.param), ("forbidden_character", Some("text")));
+        assert_eq!((r.code.as_str(), r.param), ("forbidden_character", Some("text")));
         assert_eq!(r.message, "`text` contains bidirectional control U+202E at character 2");
         for c in [
             '\u{0}', '\u{1}', '\u{1B}', '\u{7F}', '\u{85}', '\u{9F}', '\u{61C}', '\u{200E}', '\u{200F}',

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::RuleError;
+use crate::error::{RuleCode, RuleError};
 
 /// OpenAI's built-in voice names. Each is an alias: of the voice the operator's table names,
 /// else of the default voice.
@@ -160,7 +160,7 @@ impl VoiceTable {
 fn unknown_model() -> RuleError {
     RuleError::invalid(
         "model",
-        "unknown_model",
+        RuleCode::UnknownModel,
         format!(
             "`model` must be one of {} or the name of an available voice (GET /v1/models)",
             MODEL_NAMES.join(", ")
@@ -171,7 +171,7 @@ fn unknown_model() -> RuleError {
 fn unknown_voice() -> RuleError {
     RuleError::invalid(
         "voice",
-        "unknown_voice",
+        RuleCode::UnknownVoice,
         "`voice` is not an available voice or voice alias (GET /v1/audio/voices)",
     )
 }
@@ -200,7 +200,7 @@ mod tests {
 
     fn code(result: Result<Resolved<'_>, RuleError>) -> (&'static str, Option<&'static str>) {
         let error = result.unwrap_err();
-        (error.code, error.param)
+        (error.code.as_str(), error.param)
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::claims;
 use super::jwks::decode_base64url;
 use super::reject;
 use crate::error::ConfigError;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 /// The issuer named for API-key identities (`x-voxgate-issuer`).
 pub const API_KEY_ISSUER: &str = "voxgate:api_keys";
@@ -143,7 +143,7 @@ impl ApiKeys {
     /// The identity of `key`: 401 `api_key_unknown` or `api_key_revoked` otherwise.
     pub(crate) fn lookup(&self, key: &str) -> Result<KeyIdentity<'_>, Rejection> {
         if key.len() > MAX_KEY_BYTES {
-            return Err(reject::invalid_token("api_key_unknown", "the API key is not known"));
+            return Err(reject::invalid_token(Code::ApiKeyUnknown, "the API key is not known"));
         }
         let mut found = None;
         for (index, entry) in self.entries.iter().enumerate() {
@@ -157,9 +157,9 @@ impl ApiKeys {
         }
         let entry = found
             .map(|index| &self.entries[index])
-            .ok_or_else(|| reject::invalid_token("api_key_unknown", "the API key is not known"))?;
+            .ok_or_else(|| reject::invalid_token(Code::ApiKeyUnknown, "the API key is not known"))?;
         if entry.revoked {
-            return Err(reject::invalid_token("api_key_revoked", "the API key has been revoked"));
+            return Err(reject::invalid_token(Code::ApiKeyRevoked, "the API key has been revoked"));
         }
         Ok(KeyIdentity { subject: &entry.subject, plan: entry.plan.as_deref(), claims: &entry.claims })
     }
@@ -224,9 +224,9 @@ mod tests {
         let alice = table.lookup("sk-alpha").unwrap();
         assert_eq!((alice.subject, alice.plan), ("alice", Some("pro")));
         assert_eq!(alice.claims["api_key_id"], "a");
-        assert_eq!(table.lookup("sk-bravo").err().unwrap().code, "api_key_revoked");
+        assert_eq!(table.lookup("sk-bravo").err().unwrap().code.as_str(), "api_key_revoked");
         for unknown in ["sk-alph", "sk-alphaa", "", "salt-of-       ask-alpha"] {
-            assert_eq!(table.lookup(unknown).err().unwrap().code, "api_key_unknown", "{unknown:?}");
+            assert_eq!(table.lookup(unknown).err().unwrap().code.as_str(), "api_key_unknown", "{unknown:?}");
         }
     }
 
@@ -241,7 +241,7 @@ mod tests {
         assert!(table.lookup("sk-alpha").is_ok());
         let mut wrong = keys(config).unwrap();
         wrong.load_pepper(&|_| Some("another".to_string())).unwrap();
-        assert_eq!(wrong.lookup("sk-alpha").err().unwrap().code, "api_key_unknown");
+        assert_eq!(wrong.lookup("sk-alpha").err().unwrap().code.as_str(), "api_key_unknown");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::forward::header_value;
 use super::reject;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 pub(crate) type Claims = Map<String, Value>;
 
@@ -18,7 +18,7 @@ fn numeric_date(claims: &Claims, name: &str) -> Result<Option<u64>, Rejection> {
     };
     seconds
         .map(Some)
-        .ok_or_else(|| reject::invalid_token("token_malformed", "a time claim is not a non-negative number"))
+        .ok_or_else(|| reject::invalid_token(Code::TokenMalformed, "a time claim is not a non-negative number"))
 }
 
 /// What a provider demands of a token's time claims.
@@ -39,23 +39,23 @@ pub(crate) fn check_times(
     let exp = numeric_date(claims, "exp")?;
     match exp {
         None if rules.require_exp => {
-            return Err(reject::invalid_token("expiry_missing", "the token has no expiry"));
+            return Err(reject::invalid_token(Code::ExpiryMissing, "the token has no expiry"));
         }
         Some(exp) if now_s > exp.saturating_add(skew_s) => {
-            return Err(reject::invalid_token("token_expired", "the token has expired"));
+            return Err(reject::invalid_token(Code::TokenExpired, "the token has expired"));
         }
         _ => {}
     }
     let nbf = numeric_date(claims, "nbf")?;
     if let Some(nbf) = nbf {
         if now_s.saturating_add(skew_s) < nbf {
-            return Err(reject::invalid_token("token_not_yet_valid", "the token is not valid yet"));
+            return Err(reject::invalid_token(Code::TokenNotYetValid, "the token is not valid yet"));
         }
     }
     let iat = numeric_date(claims, "iat")?;
     if let Some(iat) = iat {
         if iat > now_s.saturating_add(skew_s) {
-            return Err(reject::invalid_token("token_issued_in_future", "the token was issued in the future"));
+            return Err(reject::invalid_token(Code::TokenIssuedInFuture, "the token was issued in the future"));
         }
     }
     if let (Some(max_lifetime_s), Some(exp)) = (rules.max_lifetime_s, exp) {
@@ -64,7 +64,7 @@ pub(crate) fn check_times(
         let start = iat.or(nbf).unwrap_or(now_s);
         if exp.saturating_sub(start) > max_lifetime_s {
             return Err(reject::invalid_token(
-                "token_lifetime_too_long",
+                Code::TokenLifetimeTooLong,
                 "the token is valid for longer than its issuer's tokens may be",
             ));
         }
@@ -76,8 +76,8 @@ pub(crate) fn check_times(
 pub(crate) fn issuer(claims: &Claims) -> Result<&str, Rejection> {
     match claims.get("iss") {
         Some(Value::String(iss)) => Ok(iss),
-        Some(_) => Err(reject::invalid_token("token_malformed", "the issuer claim is not a string")),
-        None => Err(reject::invalid_token("wrong_issuer", "the token names no issuer")),
+        Some(_) => Err(reject::invalid_token(Code::TokenMalformed, "the issuer claim is not a string")),
+        None => Err(reject::invalid_token(Code::WrongIssuer, "the token names no issuer")),
     }
 }
 
@@ -85,8 +85,8 @@ pub(crate) fn issuer(claims: &Claims) -> Result<&str, Rejection> {
 pub(crate) fn subject(claims: &Claims) -> Result<&str, Rejection> {
     match claims.get("sub") {
         Some(Value::String(sub)) => check_subject(sub),
-        None => Err(reject::invalid_token("subject_missing", "the token names no subject")),
-        Some(_) => Err(reject::invalid_token("token_malformed", "the subject claim is not a string")),
+        None => Err(reject::invalid_token(Code::SubjectMissing, "the token names no subject")),
+        Some(_) => Err(reject::invalid_token(Code::TokenMalformed, "the subject claim is not a string")),
     }
 }
 
@@ -97,11 +97,11 @@ pub(crate) fn subject(claims: &Claims) -> Result<&str, Rejection> {
 /// could alias a different subject, or forge a log line.
 pub(crate) fn check_subject(sub: &str) -> Result<&str, Rejection> {
     if sub.is_empty() {
-        return Err(reject::invalid_token("subject_missing", "the token names no subject"));
+        return Err(reject::invalid_token(Code::SubjectMissing, "the token names no subject"));
     }
     if header_value(sub).as_deref() != Some(sub) {
         return Err(reject::invalid_token(
-            "token_malformed",
+            Code::TokenMalformed,
             "the subject has a control, line-separator, bidirectional or invisible character, surrounding spaces, or is too long",
         ));
     }
@@ -134,7 +134,7 @@ pub(crate) fn check_audience(claims: &Claims, accepted: &[String]) -> Result<(),
 }
 
 fn audience_malformed() -> Rejection {
-    reject::invalid_token("token_malformed", "the audience claim is not a string or an array of strings")
+    reject::invalid_token(Code::TokenMalformed, "the audience claim is not a string or an array of strings")
 }
 
 /// Every required scope must be granted by `scope` (space-separated, RFC 8693) or `scp`

@@ -3,7 +3,7 @@
 //! token is refused rather than guessed at.
 
 use super::reject;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 pub(crate) const AUTHORIZATION: &str = "authorization";
 
@@ -30,7 +30,7 @@ pub(crate) fn token_from_headers(
     };
     let token = match (bearer, raw) {
         (Some(_), Some(_)) => {
-            return Err(reject::invalid_request("token_ambiguous", "the request carries more than one token"));
+            return Err(reject::invalid_request(Code::TokenAmbiguous, "the request carries more than one token"));
         }
         (Some(token), None) => token?,
         (None, Some(value)) => raw_token(value)?,
@@ -44,7 +44,7 @@ fn single_value<'a>(headers: &'a [(String, String)], name: &str) -> Result<Optio
     let mut values = headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name));
     let first = values.next().map(|(_, v)| v.as_str());
     if values.next().is_some() {
-        return Err(reject::invalid_request("token_ambiguous", "a credentials header appears more than once"));
+        return Err(reject::invalid_request(Code::TokenAmbiguous, "a credentials header appears more than once"));
     }
     Ok(first)
 }
@@ -62,7 +62,7 @@ fn bearer_token(value: &str) -> Option<Result<&str, Rejection>> {
 fn raw_token(value: &str) -> Result<&str, Rejection> {
     let token = value.trim();
     if token.is_empty() || token.contains(|c: char| c.is_ascii_whitespace() || c.is_control()) {
-        return Err(reject::invalid_token("token_malformed", "the bearer token is empty or contains spaces"));
+        return Err(reject::invalid_token(Code::TokenMalformed, "the bearer token is empty or contains spaces"));
     }
     Ok(token)
 }
@@ -76,7 +76,7 @@ mod tests {
     }
 
     fn code(result: Result<Option<String>, Rejection>) -> &'static str {
-        result.unwrap_err().code
+        result.unwrap_err().code.as_str()
     }
 
     #[test]
@@ -101,7 +101,7 @@ mod tests {
     #[test]
     fn other_schemes_get_a_challenge_without_error() {
         let rejection = token_from_headers(&headers(&[("authorization", "Basic dXNlcjpwYXNz")]), None).unwrap_err();
-        assert_eq!((rejection.status, rejection.code), (401, "auth_scheme_unsupported"));
+        assert_eq!((rejection.status(), rejection.code.as_str()), (401, "auth_scheme_unsupported"));
         assert_eq!(rejection.headers, vec![("WWW-Authenticate".to_string(), "Bearer realm=\"voxgate\"".to_string())]);
     }
 

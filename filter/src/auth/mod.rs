@@ -36,7 +36,7 @@ use std::rc::Rc;
 use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 use cache::{CachedToken, TokenCache};
 use jwks::{KeyMiss, KeySet};
 use provider::{KeysReplaced, Provider};
@@ -50,7 +50,7 @@ pub use metadata::JWT_AUTHN_NAMESPACE;
 pub(crate) use metadata::encode as metadata_encode;
 pub use forward::{FORWARDED_PREFIX, ISSUER_HEADER, SUBJECT_HEADER};
 pub use jwks::MAX_JWKS_BYTES;
-pub use reject::{token_missing, REALM, REJECTION_CODES};
+pub use reject::{token_missing, REALM};
 pub use remote::RemoteJwksSource;
 
 /// An authenticated request's identity.
@@ -155,7 +155,7 @@ impl Authenticator {
         self.observe(now_s);
         if token.len() > self.settings.max_token_bytes {
             return Cached::Hit(Err(reject::invalid_token(
-                "token_too_large",
+                Code::TokenTooLarge,
                 "the token is larger than allowed",
             )));
         }
@@ -183,21 +183,21 @@ impl Authenticator {
             .providers
             .iter()
             .position(|p| p.issuer == issuer)
-            .ok_or_else(|| reject::invalid_token("wrong_issuer", "the token's issuer is not trusted"))?;
+            .ok_or_else(|| reject::invalid_token(Code::WrongIssuer, "the token's issuer is not trusted"))?;
         let provider = &settings.providers[provider_index];
         if provider.payload_key.is_some() {
-            return Err(reject::invalid_token("token_unverified", "the token was not verified by the gateway"));
+            return Err(reject::invalid_token(Code::TokenUnverified, "the token was not verified by the gateway"));
         }
         let keys = provider.keys().ok_or_else(|| {
-            reject::invalid_token("keys_unavailable", "the issuer's signing keys are not available yet")
+            reject::invalid_token(Code::KeysUnavailable, "the issuer's signing keys are not available yet")
         })?;
         let candidates = keys.candidates(parsed.kid.as_deref(), parsed.alg).map_err(|miss| match miss {
             KeyMiss::UnknownKid => {
                 provider.request_early_refresh(now_s);
-                reject::invalid_token("unknown_key", "the token's key id is not known")
+                reject::invalid_token(Code::UnknownKey, "the token's key id is not known")
             }
             KeyMiss::AlgorithmNotAllowed => {
-                reject::invalid_token("algorithm_not_allowed", "the token's algorithm is not accepted for its key")
+                reject::invalid_token(Code::AlgorithmNotAllowed, "the token's algorithm is not accepted for its key")
             }
         })?;
         let expires_at = claims::check_times(&parsed.claims, now_s, settings.clock_skew_s, provider.times)?;
@@ -263,11 +263,11 @@ impl Authenticator {
     fn accept_payload(&self, index: usize, payload: Value, now_s: u64) -> Result<Rc<Verified>, Rejection> {
         let provider = &self.settings.providers[index];
         let Value::Object(claims) = payload else {
-            return Err(reject::invalid_token("token_malformed", "the verified payload is not an object"));
+            return Err(reject::invalid_token(Code::TokenMalformed, "the verified payload is not an object"));
         };
         // `jwt_authn` may trust several issuers: this provider's rules bind only its own.
         if claims::issuer(&claims)? != provider.issuer {
-            return Err(reject::invalid_token("wrong_issuer", "the token's issuer is not trusted"));
+            return Err(reject::invalid_token(Code::WrongIssuer, "the token's issuer is not trusted"));
         }
         let expires_at = claims::check_times(&claims, now_s, self.settings.clock_skew_s, provider.times)?;
         let subject = claims::subject(&claims)?.to_string();

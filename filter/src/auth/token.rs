@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::jwks::{decode_base64url, Alg};
 use super::reject;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 /// A token that is well formed, with a supported algorithm, but not yet verified.
 pub(crate) struct UnverifiedToken {
@@ -32,7 +32,7 @@ pub(crate) fn parse(token: &str) -> Result<UnverifiedToken, Rejection> {
     let header = decode_object(header).ok_or_else(|| malformed("the JWT header is not a JSON object"))?;
     let alg = match header.get("alg") {
         Some(Value::String(name)) => Alg::from_name(name)
-            .ok_or_else(|| reject::invalid_token("algorithm_not_allowed", "the token's algorithm is not accepted"))?,
+            .ok_or_else(|| reject::invalid_token(Code::AlgorithmNotAllowed, "the token's algorithm is not accepted"))?,
         _ => return Err(malformed("the JWT header has no algorithm")),
     };
     let kid = match header.get("kid") {
@@ -57,7 +57,7 @@ pub(crate) fn parse(token: &str) -> Result<UnverifiedToken, Rejection> {
 }
 
 fn malformed(description: &'static str) -> Rejection {
-    reject::invalid_token("token_malformed", description)
+    reject::invalid_token(Code::TokenMalformed, description)
 }
 
 fn is_base64url(segment: &str) -> bool {

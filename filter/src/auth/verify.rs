@@ -6,7 +6,7 @@ use jwt_simple::JWTError;
 
 use super::jwks::Verifier;
 use super::reject;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 /// Verifies `token` with the first candidate that accepts it. jwt-simple re-checks the header
 /// and time claims with the same clock and skew, so both readings of the token agree.
@@ -28,16 +28,16 @@ pub(crate) fn check_signature(
         match error.downcast_ref::<JWTError>() {
             Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => continue,
             Some(JWTError::TokenHasExpired) => {
-                return Err(reject::invalid_token("token_expired", "the token has expired"));
+                return Err(reject::invalid_token(Code::TokenExpired, "the token has expired"));
             }
             Some(JWTError::TokenNotValidYet) => {
-                return Err(reject::invalid_token("token_not_yet_valid", "the token is not valid yet"));
+                return Err(reject::invalid_token(Code::TokenNotYetValid, "the token is not valid yet"));
             }
             Some(JWTError::ClockDrift) => {
-                return Err(reject::invalid_token("token_issued_in_future", "the token was issued in the future"));
+                return Err(reject::invalid_token(Code::TokenIssuedInFuture, "the token was issued in the future"));
             }
-            _ => return Err(reject::invalid_token("token_malformed", "the token could not be decoded")),
+            _ => return Err(reject::invalid_token(Code::TokenMalformed, "the token could not be decoded")),
         }
     }
-    Err(reject::invalid_token("bad_signature", "the token signature is not valid"))
+    Err(reject::invalid_token(Code::BadSignature, "the token signature is not valid"))
 }

@@ -11,7 +11,7 @@ use super::keys::{client_key, Slot, SlotTable};
 use super::record::Record;
 use super::store::{self, SharedStore, Step, StoreError};
 use crate::error::ConfigError;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 /// Buckets per record: requests (cost 1 per request), characters (cost 1 per character), and
 /// audio seconds (charged after the answer; a speech request needs a balance above zero).
@@ -551,9 +551,9 @@ impl RateLimiter {
         }
         headers.push(("Retry-After".to_string(), retry_after.to_string()));
         let rejection = if first.limit == Limit::InFlight {
-            Rejection::new(429, "too_many_in_flight", format!("too many requests in flight ({name}); retry after {retry_after} s"))
+            Rejection::new(Code::TooManyInFlight, format!("too many requests in flight ({name}); retry after {retry_after} s"))
         } else {
-            Rejection::new(429, "rate_limited", format!("rate limit reached ({name}); retry after {retry_after} s"))
+            Rejection::new(Code::RateLimited, format!("rate limit reached ({name}); retry after {retry_after} s"))
         };
         verdict.in_flight_lease = false;
         verdict.outcome = Outcome::Refused { limit: name, rejection: Rejection { headers: headers.clone(), ..rejection } };
@@ -569,8 +569,7 @@ impl RateLimiter {
             return verdict;
         }
         let rejection = Rejection::new(
-            400,
-            "text_exceeds_plan",
+            Code::TextExceedsPlan,
             format!("the text has {chars} characters, more than the {name} limit of {capacity} allows in one request"),
         );
         verdict.outcome = Outcome::Refused { limit: name, rejection };

@@ -56,7 +56,7 @@ fn a_subject_gets_exactly_its_capacity_then_an_exact_retry_after() {
     assert_eq!(v.refused_by(), Some("subject_requests"));
     assert_eq!(header(&v, "Retry-After"), Some("2"), "1 token at 0.5/s");
     let rejection = v.rejection().unwrap();
-    assert_eq!((rejection.status, rejection.code), (429, "rate_limited"));
+    assert_eq!((rejection.status(), rejection.code.as_str()), (429, "rate_limited"));
     assert_eq!(rejection.headers, v.headers);
     assert!(!rl.admit(&store, t0 + 1_999, &user("alice", None), 0).unwrap().allowed());
     assert!(rl.admit(&store, t0 + 2_000, &user("alice", None), 0).unwrap().allowed());
@@ -77,7 +77,7 @@ fn characters_are_charged_exactly_and_oversized_texts_are_bad_requests() {
     assert!(rl.admit(&store, 0, &who, 10).unwrap().allowed(), "exactly the capacity in characters");
     let v = rl.admit(&store, 0, &who, 2_001).unwrap();
     let rejection = v.rejection().unwrap().clone();
-    assert_eq!((rejection.status, rejection.code), (400, "text_exceeds_plan"));
+    assert_eq!((rejection.status(), rejection.code.as_str()), (400, "text_exceeds_plan"));
     assert!(!rejection.message.contains("carol"));
     // the pro plan holds it
     assert!(rl.admit(&store, 0, &user("dave", Some("pro")), 2_001).unwrap().allowed());
@@ -165,7 +165,7 @@ fn in_flight_cap_and_release() {
     let v = rl.admit(&store, 0, &who, 0).unwrap();
     assert_eq!(v.refused_by(), Some("subject_in_flight"));
     assert_eq!(header(&v, "Retry-After"), Some("1"));
-    assert_eq!(v.rejection().unwrap().code, "too_many_in_flight");
+    assert_eq!(v.rejection().unwrap().code.as_str(), "too_many_in_flight");
     assert_eq!(subject_record(&store, 1024, "frank").buckets[0].tokens, 8_000_000, "a refusal takes nothing");
     rl.release_in_flight(&store, &who).unwrap();
     assert!(rl.admit(&store, 0, &who, 0).unwrap().allowed());

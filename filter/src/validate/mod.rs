@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use voxgate_rules::body::{self, Body};
 use voxgate_rules::openai::{self, MAX_SPEED, MIN_SPEED};
-use voxgate_rules::{coqui, form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleError, Speakers, SpeechApi, TextLimits, VoiceTable};
+use voxgate_rules::{coqui, form, CoquiParams, OpenAiSpeech, Resolved, ResponseFormat, RuleCode, RuleError, Speakers, SpeechApi, TextLimits, VoiceTable};
 
 use crate::error::ConfigError;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 use crate::routes::Api;
 use text::DenyPatterns;
 
@@ -213,8 +213,7 @@ impl TextValidator {
     pub fn check_body_size(&self, len: usize) -> Result<(), Rejection> {
         if len > self.max_body_bytes {
             return Err(Rejection::new(
-                413,
-                "body_too_large",
+                Code::BodyTooLarge,
                 format!("the request body is larger than {} bytes", self.max_body_bytes),
             ));
         }
@@ -263,7 +262,7 @@ impl TextValidator {
             let allowed: Vec<&str> = self.response_formats.iter().map(|f| f.name()).collect();
             return Err(Rejection::from(RuleError::invalid(
                 "response_format",
-                "unsupported_response_format",
+                RuleCode::UnsupportedResponseFormat,
                 format!("`response_format` must be one of: {}", allowed.join(", ")),
             )));
         }

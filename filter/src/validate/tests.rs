@@ -44,7 +44,7 @@ fn openai(body: &str) -> Result<SpeechRequest, Rejection> {
 
 fn status_code(result: Result<impl std::fmt::Debug, Rejection>) -> (u16, &'static str) {
     let r = result.unwrap_err();
-    (r.status, r.code)
+    (r.status(), r.code.as_str())
 }
 
 #[test]
@@ -70,7 +70,7 @@ fn voices_resolve_through_the_catalog_and_aliases() {
     assert_eq!(voice(r#"{"input": "Hi", "model": "coqui-vits", "voice": "alloy"}"#).as_deref(), Some("coqui-vits"));
     assert_eq!(status_code(openai(r#"{"input": "a", "model": "nobody"}"#)), (400, "unknown_model"));
     let refused = openai(r#"{"input": "a", "voice": "nobody"}"#).unwrap_err();
-    assert_eq!((refused.code, refused.param), ("unknown_voice", Some("voice")));
+    assert_eq!((refused.code.as_str(), refused.param), ("unknown_voice", Some("voice")));
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn speakers_and_languages_are_those_of_the_resolved_voice() {
     let ok = |body: &str| openai(body).map(|r| r.voice).unwrap();
     let refused = |body: &str| {
         let r = openai(body).unwrap_err();
-        (r.status, r.code, r.param)
+        (r.status(), r.code.as_str(), r.param)
     };
     assert_eq!(ok(r#"{"input": "a", "voice": "coqui-vits", "speaker": "spk_c"}"#).as_deref(), Some("coqui-vits"));
     ok(r#"{"input": "a", "model": "coqui-vits", "speaker": 2}"#);
@@ -97,9 +97,9 @@ fn speakers_and_languages_are_those_of_the_resolved_voice() {
     coqui("text=Hi&language_id=en_US").unwrap();
     coqui("text=Hi&voice=plain&language_id=de&speaker_id=9").unwrap();
     let e = coqui("text=Hi&language_id=de").unwrap_err();
-    assert_eq!((e.code, e.param), ("unsupported_language", Some("language_id")));
+    assert_eq!((e.code.as_str(), e.param), ("unsupported_language", Some("language_id")));
     let e = coqui("text=Hi&voice=coqui-vits&speaker_id=3").unwrap_err();
-    assert_eq!((e.code, e.param), ("unknown_speaker", Some("speaker_id")));
+    assert_eq!((e.code.as_str(), e.param), ("unknown_speaker", Some("speaker_id")));
 }
 
 #[test]
@@ -271,7 +271,7 @@ fn hostile_bodies() {
     ];
     for (name, body, expected) in cases {
         let r = v.validate_body(Api::OpenAiSpeech, JSON, &body).unwrap_err();
-        assert_eq!((r.status, r.code), expected, "{name}");
+        assert_eq!((r.status(), r.code.as_str()), expected, "{name}");
         assert!(!r.message.contains("forbidden phrase") && !r.message.contains("benign"), "{name}: {}", r.message);
         assert_eq!(serde_json::from_str::<serde_json::Value>(&r.body()).unwrap()["error"]["code"], expected.1);
     }

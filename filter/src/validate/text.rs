@@ -6,7 +6,7 @@
 use regex_lite::{Regex, RegexBuilder};
 
 use crate::error::ConfigError;
-use crate::decision::Rejection;
+use crate::decision::{Code, Rejection};
 
 /// Most deny patterns, and longest pattern, accepted.
 const MAX_PATTERNS: usize = 256;
@@ -48,7 +48,7 @@ impl DenyPatterns {
         match self.deny.iter().position(|pattern| pattern.is_match(text)) {
             Some(index) => Err(Rejection {
                 param: Some(param),
-                ..Rejection::new(400, "denied_text", format!("`{param}` matches deny pattern {index}"))
+                ..Rejection::new(Code::DeniedText, format!("`{param}` matches deny pattern {index}"))
             }),
             None => Ok(()),
         }
@@ -68,7 +68,7 @@ mod tests {
     fn deny_patterns_name_the_pattern_not_the_text() {
         let p = patterns(&["(?i)forbidden phrase", r"\bsecret\b"]);
         let r = p.check("input", "a FORBIDDEN Phrase").unwrap_err();
-        assert_eq!((r.code, r.message.as_str()), ("denied_text", "`input` matches deny pattern 0"));
+        assert_eq!((r.code.as_str(), r.message.as_str()), ("denied_text", "`input` matches deny pattern 0"));
         assert_eq!(p.check("input", "top secret!").unwrap_err().message, "`input` matches deny pattern 1");
         assert!(p.check("input", "secretive").is_ok());
     }

@@ -181,8 +181,8 @@ impl ApiError {
 impl From<voxgate_rules::RuleError> for ApiError {
     fn from(error: voxgate_rules::RuleError) -> Self {
         ApiError {
-            status: StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST),
-            code: error.code,
+            status: StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            code: error.code.as_str(),
             message: error.message,
             param: error.param,
             retry_after_secs: None,

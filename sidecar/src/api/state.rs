@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use voxgate_rules::{Resolved, RuleError, VoiceTable};
+use voxgate_rules::{Resolved, RuleCode, RuleError, VoiceTable};
 
 use super::errors::ApiError;
 use crate::scheduler::{PlanWeights, Scheduler};
@@ -84,7 +84,7 @@ impl LoadedVoices {
             Resolved::Voice(name) => self.catalog.get(name).ok_or_else(|| {
                 ApiError::from(RuleError::invalid(
                     "voice",
-                    "unknown_voice",
+                    RuleCode::UnknownVoice,
                     "`voice` is not an available voice (GET /v1/audio/voices)",
                 ))
             }),
