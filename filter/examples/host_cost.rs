@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use jwt_simple::prelude::*;
 use proxy_wasm::types::Action;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use voxgate_filter::auth::AuthConfig;
 use voxgate_filter::config::FilterConfig;
 use voxgate_filter::http::{Guard, RequestFlow};
 use voxgate_filter::metrics::Metrics;
-use voxgate_filter::testing::FakeHost;
+use voxgate_filter::testing::{raw_claims, FakeHost};
 
 const ISSUER: &str = "https://issuer.bench";
 const NOW_S: u64 = 1_800_000_000;
@@ -32,22 +32,8 @@ fn provider(key: &ES256KeyPair) -> Value {
 }
 
 fn token(key: &ES256KeyPair, subject: &str) -> String {
-    let claims: Map<String, Value> = json!({"iss": ISSUER, "sub": subject, "aud": "voxgate", "plan": "free",
-                                            "iat": NOW_S - 10, "exp": NOW_S + 3600})
-    .as_object()
-    .unwrap()
-    .clone();
-    let claims = JWTClaims {
-        issued_at: None,
-        expires_at: None,
-        invalid_before: None,
-        issuer: None,
-        subject: None,
-        audiences: None,
-        jwt_id: None,
-        nonce: None,
-        custom: claims,
-    };
+    let claims = raw_claims(&json!({"iss": ISSUER, "sub": subject, "aud": "voxgate", "plan": "free",
+                                     "iat": NOW_S - 10, "exp": NOW_S + 3600}));
     ES256KeyPair::from_bytes(&key.to_bytes()).expect("P-256 key").with_key_id("k1").sign(claims).expect("signing")
 }
 

@@ -12,21 +12,7 @@ pub(crate) const AUDIENCE: &str = "voxgate";
 pub(crate) const NOW: u64 = 1_800_000_000;
 pub(crate) const HMAC_SECRET: &[u8] = b"a test secret of thirty-two bytes or more";
 
-/// jwt-simple claims carrying exactly the members of `claims`, so tests control every one
-/// of them (jwt-simple would otherwise add its own `iat`/`exp`).
-pub(crate) fn raw_claims(claims: &Value) -> JWTClaims<Map<String, Value>> {
-    JWTClaims {
-        issued_at: None,
-        expires_at: None,
-        invalid_before: None,
-        issuer: None,
-        subject: None,
-        audiences: None,
-        jwt_id: None,
-        nonce: None,
-        custom: claims.as_object().expect("claims object").clone(),
-    }
-}
+pub(crate) use crate::testing::raw_claims;
 
 pub(crate) fn b64(bytes: &[u8]) -> String {
     Base64UrlSafeNoPadding::encode_to_string(bytes).expect("base64url encoding")
