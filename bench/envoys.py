@@ -48,13 +48,16 @@ NATIVE_CACHE_ENTRIES = 1024
 ROUTER_FILTER = "envoy.filters.http.router"
 
 
-def voxgate_bootstrap(filter_config: dict, upstream_port: int, wasm_path: Path = render_envoy.WASM) -> dict:
-    """The real bootstrap, rendered, with the upstream as its sidecar and the access log to /dev/null."""
+def voxgate_bootstrap(filter_config: dict, upstream_port: int, wasm_path: Path = render_envoy.WASM,
+                      xff_trusted_hops: int = 0, jwt_authn: dict | None = None) -> dict:
+    """The real bootstrap, rendered, with the upstream as its sidecar and the access log to /dev/null;
+    `xff_trusted_hops` and `jwt_authn` (a `JwtAuthentication` before the filter) as in
+    `render_envoy.EnvoyParams`."""
     params = render_envoy.EnvoyParams(
         filter_config=filter_config, listen_port=0, admin_port=0, sidecar_port=upstream_port,
         # No provider fetches keys remotely here; the cluster only needs a port to point at.
         jwks_port=upstream_port, wasm_path=wasm_path,
-        access_log=Path("/dev/null"))
+        access_log=Path("/dev/null"), xff_trusted_hops=xff_trusted_hops, jwt_authn=jwt_authn)
     return yaml.safe_load(render_envoy.render(params))
 
 

@@ -39,7 +39,7 @@ def run(ctx: Context) -> Section:
     table = Table(f"microseconds per operation, median (min–max) of {runs} runs of 5 rounds each; "
                   f"token {measured[0]['token_bytes']} bytes",
                   ["operation", "time", "÷ ES256 check"])
-    table.add("ES256 signature check (token-cache miss)", verify, None)
+    table.add("ES256 token check, cache miss (parse, claims, signature)", verify, None)
     for name, label in [("token_cache_hit_us", "token-cache hit"),
                         ("cached_request_us", "whole request, cached token, every bucket charged")]:
         table.add(label, figure(name), figure(name).ratio(verify, paired=True))

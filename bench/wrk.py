@@ -8,6 +8,9 @@ benchmark starts. Its Lua script is written per run from what the run needs:
   nothing depends on wrk's human-readable report;
 - `tokens`: a file of tokens, one per line; every request carries the next one as
   `Authorization: Bearer …` (each connection's thread starts at its own offset);
+- `spread_addresses` (with `tokens`): each token also comes with an `X-Forwarded-For` address
+  of its own (10.0.0.1, 10.0.0.2, …), so an Envoy that trusts one hop sees every token from a
+  different client;
 - `count_statuses`: count the answers by status (this makes wrk hand every response to Lua,
   which costs wrk, never the server, a little CPU);
 - `delay_ms`: a pause before each request on a connection, drawn uniformly from 0 to twice
@@ -66,6 +69,10 @@ local requests, index = {}, 0
 function init(args)
   for token in io.lines(args[1]) do
     wrk.headers["Authorization"] = "Bearer " .. token
+    if SPREAD then
+      local n = #requests + 1
+      wrk.headers["X-Forwarded-For"] = string.format("10.%d.%d.%d", math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+    end
     requests[#requests + 1] = wrk.format()
   end
   -- Threads start at different tokens, so two threads never send the same one at once.
@@ -127,13 +134,15 @@ class WrkRun:
     def __init__(self, ctx: Context, name: str, url: str, seconds: float, connections: int = 16,
                  threads: int = 1, headers: dict[str, str] | None = None, method: str = "GET",
                  body: bytes | None = None, tokens: Path | None = None, count_statuses: bool = False,
-                 delay_ms: int | None = None):
+                 delay_ms: int | None = None, spread_addresses: bool = False):
         host = urllib.parse.urlsplit(url).hostname
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"benchmarks only talk to loopback, not {host}")
         self.seconds = seconds
         script = ctx.work_dir / f"{ctx.benchmark}-{name}.lua"
-        script.write_text(_script(method, body, tokens is not None, count_statuses, delay_ms))
+        if spread_addresses and tokens is None:
+            raise ValueError("spread_addresses gives each token its own address: it needs tokens")
+        script.write_text(_script(method, body, tokens is not None, count_statuses, delay_ms, spread_addresses))
         argv = [binary(), "--latency", "--timeout", REQUEST_TIMEOUT, "-t", str(threads), "-c", str(connections),
                 "-d", f"{max(round(seconds), 1)}s", "-s", str(script)]
         for header, value in (headers or {}).items():
@@ -170,14 +179,15 @@ def run(ctx: Context, name: str, url: str, seconds: float, **options) -> WrkResu
     return WrkRun(ctx, name, url, seconds, **options).result()
 
 
-def _script(method: str, body: bytes | None, tokens: bool, count_statuses: bool, delay_ms: int | None) -> str:
+def _script(method: str, body: bytes | None, tokens: bool, count_statuses: bool, delay_ms: int | None,
+            spread_addresses: bool) -> str:
     parts = [f"wrk.method = {_lua_string(method)}\n"]
     if body is not None:
         parts.append(f"wrk.body = {_lua_string(body.decode())}\n")
         parts.append('wrk.headers["Content-Type"] = "application/json"\n')
     parts.append(_DONE)
     if tokens:
-        parts.append(_TOKENS)
+        parts.append(_TOKENS.replace("SPREAD", "true" if spread_addresses else "false"))
     if count_statuses:
         parts.append(_COUNT_STATUSES)
     if delay_ms is not None:

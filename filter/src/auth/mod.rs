@@ -15,6 +15,7 @@ mod api_keys;
 mod cache;
 mod claims;
 mod config;
+mod es256;
 mod extract;
 mod forward;
 mod jwks;
