@@ -144,9 +144,23 @@ impl FilterConfig {
     }
 }
 
-/// Parses and compiles in one step, as `on_configure` does.
+/// Parses and compiles in one step, without the VM's environment.
 pub fn load(bytes: &[u8]) -> Result<CompiledConfig, ConfigError> {
     FilterConfig::parse(bytes)?.compile()
+}
+
+/// Parses and compiles as `on_configure` does: the secrets the configuration names (HMAC keys
+/// given as `k_env`, the API keys' pepper) are read from the VM's environment through `env`.
+pub fn load_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<CompiledConfig, ConfigError> {
+    let mut config = FilterConfig::parse(bytes)?;
+    if let Some(auth) = config.auth.as_mut() {
+        auth.read_secret_keys(env)?;
+    }
+    let mut compiled = config.compile()?;
+    if let Some(auth) = compiled.auth.as_mut() {
+        auth.load_secrets(env)?;
+    }
+    Ok(compiled)
 }
 
 /// Names the field of a serde error: its path, extended by the field name for missing fields
@@ -282,6 +296,25 @@ mod tests {
             compiled.token_headers,
             vec!["authorization".to_string(), "x-api-token".to_string()]
         );
+    }
+
+    #[test]
+    fn an_hmac_key_can_come_from_the_vm_environment() {
+        let mut config = minimal();
+        let secret = config["auth"]["providers"][0]["jwks"]["keys"][0]["k"].take();
+        let jwk = config["auth"]["providers"][0]["jwks"]["keys"][0].as_object_mut().unwrap();
+        jwk.remove("k");
+        jwk.insert("k_env".to_string(), json!("VOXGATE_HS256_SECRET"));
+        let bytes = config.to_string();
+        let env_with = |value: Value| move |name: &str| (name == "VOXGATE_HS256_SECRET").then(|| value.as_str().unwrap().to_string());
+        assert!(load_with_env(bytes.as_bytes(), &env_with(secret.clone())).is_ok());
+        let field = |result: Result<CompiledConfig, ConfigError>| result.err().map(|e| e.field);
+        assert_eq!(field(load_with_env(bytes.as_bytes(), &|_| None)).as_deref(), Some("auth.providers[0].jwks.keys[0].k_env"));
+        assert_eq!(field(load_with_env(bytes.as_bytes(), &env_with(json!(" ")))).as_deref(), Some("auth.providers[0].jwks.keys[0].k_env"));
+        assert_eq!(field(load(bytes.as_bytes())).as_deref(), Some("auth.providers[0].jwks.keys[0].k"), "without the environment");
+        let mut both = config.clone();
+        both["auth"]["providers"][0]["jwks"]["keys"][0]["k"] = secret;
+        assert_eq!(field(load_with_env(both.to_string().as_bytes(), &env_with(json!("x")))).as_deref(), Some("auth.providers[0].jwks.keys[0].k_env"));
     }
 
     #[test]

@@ -47,11 +47,7 @@ impl RootState {
                 return false;
             }
         };
-        let secrets = |compiled: &mut config::CompiledConfig| match &mut compiled.auth {
-            Some(auth) => auth.load_secrets(&|name| host.env_var(name)),
-            None => Ok(()),
-        };
-        let compiled = match config::load(&bytes).and_then(|mut compiled| secrets(&mut compiled).map(|()| compiled)) {
+        let compiled = match config::load_with_env(&bytes, &|name| host.env_var(name)) {
             Ok(compiled) => compiled,
             Err(e) => {
                 host.log(LogLevel::Critical, &format!("voxgate: {e}"));

@@ -160,7 +160,38 @@ pub fn token_headers(auth: Option<&AuthConfig>) -> Vec<String> {
     headers
 }
 
+/// The JWK member naming the variable of the VM's environment that holds an `oct` key's `k`.
+const SECRET_ENV_MEMBER: &str = "k_env";
+
 impl AuthConfig {
+    /// Gives every inline `oct` key written with `k_env` (the name of a variable of the VM's
+    /// environment, `vm_config.environment_variables`) its `k` from that variable: HMAC secrets
+    /// can then stay out of the configuration, which anyone who can read a `WasmPlugin` can
+    /// read. A named variable that is unset or empty refuses the configuration.
+    pub fn read_secret_keys(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for (index, provider) in self.providers.iter_mut().enumerate() {
+            let keys = provider.jwks.as_mut().and_then(|jwks| jwks.get_mut("keys")).and_then(Value::as_array_mut);
+            for (key_index, jwk) in keys.into_iter().flatten().enumerate() {
+                let Some(jwk) = jwk.as_object_mut() else { continue };
+                let Some(name) = jwk.remove(SECRET_ENV_MEMBER) else { continue };
+                let field = format!("providers[{index}].jwks.keys[{key_index}].{SECRET_ENV_MEMBER}");
+                let name = name
+                    .as_str()
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                    .ok_or_else(|| err(&field, "an environment variable name ([A-Za-z0-9_]+)"))?;
+                if jwk.contains_key("k") {
+                    return Err(err(&field, "give `k` or `k_env`, not both"));
+                }
+                let secret = env(name)
+                    .map(|value| value.trim().to_string())
+                    .filter(|value| !value.is_empty())
+                    .ok_or_else(|| err(&field, format!("the VM environment has no {name} (vm_config.environment_variables)")))?;
+                jwk.insert("k".to_string(), Value::String(secret));
+            }
+        }
+        Ok(())
+    }
+
     /// The whole section for one worker: the authenticator, the token headers and the
     /// failed-authentication bucket table with `slots` slots (`rate_limits.slots`).
     pub fn compile_section(self, slots: u32) -> Result<AuthSection, ConfigError> {
