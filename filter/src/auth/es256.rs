@@ -4,8 +4,9 @@
 //! builds a wNAF table for both points on every check and walks 256 doublings. Here both
 //! points have a fixed-base table: every multiple `j·256^i·P` for `j` in 1..=128 and the 33
 //! signed radix-256 positions of a scalar, in affine form. A scalar multiplication is then at
-//! most 33 mixed additions and no doubling. `G`'s table is built once per VM, each configured
-//! key's when its key set is loaded (about 300 KB each). All inputs are public (the key, the
+//! most 33 mixed additions and no doubling. `G`'s table is built once per VM, a key's by the
+//! first check that uses the key (about 300 KB and a few milliseconds each), so keys that sign
+//! nothing cost nothing. All inputs are public (the key, the
 //! message and the signature), so variable-time arithmetic leaks nothing.
 //!
 //! The check works on the parts the filter has already split: the signing input
@@ -85,9 +86,10 @@ fn generator_table() -> &'static FixedBaseTable {
     TABLE.get_or_init(|| FixedBaseTable::new(ProjectivePoint::GENERATOR))
 }
 
-/// A P-256 public key with its table.
+/// A P-256 public key, and its table once a check has needed it.
 pub(crate) struct Es256Key {
-    table: FixedBaseTable,
+    point: ProjectivePoint,
+    table: OnceLock<FixedBaseTable>,
 }
 
 impl Es256Key {
@@ -100,8 +102,7 @@ impl Es256Key {
         if bool::from(point.is_identity()) {
             return None;
         }
-        generator_table();
-        Some(Es256Key { table: FixedBaseTable::new(point) })
+        Some(Es256Key { point, table: OnceLock::new() })
     }
 
     /// Whether `signature` (`r ‖ s`, 64 bytes) is this key's ES256 signature of `message`.
@@ -110,13 +111,13 @@ impl Es256Key {
         let digest = hmac_sha256::Hash::hash(message);
         let z = <Scalar as Reduce<FieldBytes>>::reduce(&FieldBytes::from(digest));
         let Some(s_inv) = Option::<Scalar>::from(s.invert_vartime()) else { return false };
-        let mut point = ProjectivePoint::IDENTITY;
-        generator_table().add_multiple(&mut point, &(z * s_inv));
-        self.table.add_multiple(&mut point, &(r * s_inv));
-        if bool::from(point.is_identity()) {
+        let mut sum = ProjectivePoint::IDENTITY;
+        generator_table().add_multiple(&mut sum, &(z * s_inv));
+        self.table.get_or_init(|| FixedBaseTable::new(self.point)).add_multiple(&mut sum, &(r * s_inv));
+        if bool::from(sum.is_identity()) {
             return false;
         }
-        <Scalar as Reduce<FieldBytes>>::reduce(&point.to_affine().x()) == r
+        <Scalar as Reduce<FieldBytes>>::reduce(&sum.to_affine().x()) == r
     }
 }
 
