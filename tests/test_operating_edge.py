@@ -4,11 +4,13 @@ one proxy hop, in front of the session's sidecar.
 The edge refuses a flood from one address with its own 429 in voxgate's error shape; voxgate's
 429s pass through it with their Retry-After and rate-limit headers; voxgate's per-address
 anonymous limit counts the real client (from X-Forwarded-For), not the edge, and a client
-cannot choose its address by sending X-Forwarded-For itself.
+cannot choose its address by sending X-Forwarded-For itself; requests held open from one address
+meet the edge's connection limit (`limit_conn`), and give their slots back when they close.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -104,3 +106,48 @@ def test_the_edge_logs_one_request_id_with_voxgate_and_no_text(edge, stack):
         time.sleep(0.25)
     assert '"path":"/api/tts"' in nginx.access_log_text()
     assert MARKER not in nginx.access_log_text().lower()
+
+
+EDGE_CONNECTIONS = 16
+# Unmetered through voxgate (401 token_missing), so only the edge can answer it with 429.
+PROBE = "/v1/models"
+
+
+def _held_request(nginx, address: str) -> socket.socket:
+    """A connection from `address` whose request is in progress at the edge: its headers are
+    sent and its body is still to come, so NGINX holds it (reading the body) and counts it."""
+    connection = socket.create_connection(("127.0.0.1", nginx.port), timeout=TIMEOUT, source_address=(address, 0))
+    connection.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 1000\r\n\r\n{\"input\":")
+    return connection
+
+
+def test_open_connections_from_one_address_meet_the_edge_connection_limit(edge):
+    envoy, nginx = edge
+    address = ADDRESSES.next()
+    held = [_held_request(nginx, address) for _ in range(EDGE_CONNECTIONS)]
+    try:
+        with session_from(address) as session:
+            deadline = time.monotonic() + 10
+            while True:
+                answer = session.get(nginx.url + PROBE, timeout=TIMEOUT)
+                if answer.status_code == 429:
+                    break
+                assert time.monotonic() < deadline, "NGINX never counted the held connections"
+                time.sleep(0.1)
+        assert answer.json()["error"]["code"] == "edge_rate_limited"
+        assert answer.headers["retry-after"] == "1"
+        with session_from(ADDRESSES.next()) as other:
+            assert other.get(nginx.url + PROBE, timeout=TIMEOUT).status_code == 401, "another address passes"
+        deadline = time.monotonic() + 10
+        while "limiting connections by zone \"voxgate_connections\"" not in nginx.error_log_text():
+            assert time.monotonic() < deadline, "the refusal was not the connection limit's"
+            time.sleep(0.1)
+    finally:
+        for connection in held:
+            connection.close()
+    with session_from(address) as session:
+        deadline = time.monotonic() + 10
+        while session.get(nginx.url + PROBE, timeout=TIMEOUT).status_code == 429:
+            assert time.monotonic() < deadline, "the connection slots were not given back"
+            time.sleep(0.1)

@@ -25,6 +25,7 @@ class Nginx(Service):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.access_log_path = self.workdir / "logs" / "access.log"
+        self.error_log_path = self.workdir / "logs" / "error.log"
 
     def start(self) -> "Nginx":
         config = TEMPLATE.read_text().replace("@LISTEN_PORT@", str(self.port)).replace(
@@ -39,3 +40,6 @@ class Nginx(Service):
 
     def access_log_text(self) -> str:
         return self.access_log_path.read_text() if self.access_log_path.exists() else ""
+
+    def error_log_text(self) -> str:
+        return self.error_log_path.read_text() if self.error_log_path.exists() else ""
