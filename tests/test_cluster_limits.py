@@ -302,6 +302,36 @@ def test_the_service_killed_and_restarted_fails_closed_then_resumes_the_counts(s
         assert [models(s, envoy, headers).status_code for _ in range(3)] == [200, 200, 429]
 
 
+def test_the_service_killed_allow_passes_and_local_only_keeps_the_local_buckets(stack, redis, rls):
+    envoys = {mode: stack.new_envoy(cluster_filter_config(stack, rls.port, mode, local_only_seconds=3600),
+                                    concurrency=1, rls_port=rls.port).start()
+              for mode in ("allow", "local_only")}
+    headers = {mode: bearer(stack, fresh_subject(f"rls-{mode}")) for mode in envoys}
+    try:
+        with requests.Session() as s:
+            for mode, envoy in envoys.items():
+                assert [models(s, envoy, headers[mode]).status_code for _ in range(2)] == [200, 200]
+            rls.kill()
+            allow = [models(s, envoys["allow"], headers["allow"]).status_code for _ in range(2)]
+            assert allow == [200, 200], "allow lets requests through when the service is gone"
+            local_only = [models(s, envoys["local_only"], headers["local_only"]) for _ in range(4)]
+            # 2 before and 3 now fill the local bucket of 5; the 4th is refused by it, locally.
+            assert [a.status_code for a in local_only] == [200, 200, 200, 429]
+            assert "(subject_requests)" in local_only[3].json()["error"]["message"]
+            assert envoys["local_only"].stats().value("voxgate_cluster", result="failed") == 1
+            assert envoys["allow"].stats().value("voxgate_cluster", result="failed") == 2, \
+                "allow asks again on every request"
+            rls.start()
+            # The local bucket counted all four, the tier up or not: one of its five is left.
+            after = [models(s, envoys["allow"], headers["allow"]) for _ in range(3)]
+            assert [a.status_code for a in after] == [200, 429, 429]
+            assert "(subject_requests)" in after[1].json()["error"]["message"]
+            assert envoys["allow"].stats().value("voxgate_cluster", result="allowed") == 3, "asked again"
+    finally:
+        for envoy in envoys.values():
+            envoy.stop()
+
+
 # A rate-limit service that answers whatever a test asks it to: raw bytes, an error, or nothing.
 OK = b"\x08\x01"
 HOSTILE_ANSWERS = {
