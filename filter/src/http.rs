@@ -245,7 +245,7 @@ impl RequestFlow {
         if let Some(charged) = charged {
             let retries = limiter.charge_audio(host, now_ms, &who, charged).map_err(store_message)?;
             guard.metrics.cas_retries(host, retries);
-            guard.metrics.audio_charged(host, charged);
+            guard.metrics.audio_charged(host, limiter.plan_name(&who), charged);
         }
         if let Some(required) = required {
             if let Some(refusal) = limiter.audio_refusal(host, now_ms, &who, required).map_err(store_message)? {
@@ -1837,6 +1837,7 @@ mod tests {
         assert_eq!(host.request_header("x-voxgate-max-in-flight").as_deref(), Some("2"));
         answer(&host, &mut exchange, &[(":status", "200"), ("x-voxgate-audio-seconds", "25.500")]);
         assert_eq!(host.counter("voxgate.audio_milliseconds_charged"), 25_500);
+        assert_eq!(host.counter("voxgate.plan_audio_milliseconds.free"), 25_500, "counted for the plan too");
 
         // 5.5 s in debt at 1 s/s: refused until repaid, and told when.
         let exchange = send(&guard, &host, &refs(&speech_headers(&token("dave"))), Some(&body));

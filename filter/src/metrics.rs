@@ -15,6 +15,7 @@
 //! | `voxgate.jwks_fetch.<provider>.<result>`  | `voxgate_jwks_fetch{provider="…",result="ok"\|"failed"}` |
 //! | `voxgate.characters_admitted`             | `voxgate_characters_admitted`                     |
 //! | `voxgate.audio_milliseconds_charged`      | `voxgate_audio_milliseconds_charged`              |
+//! | `voxgate.plan_audio_milliseconds.<plan>`  | `voxgate_plan_audio_milliseconds{plan="…"}`       |
 //! | `voxgate.cas_retries`                     | `voxgate_cas_retries`                             |
 //! | `voxgate.cluster.<result>`                | `voxgate_cluster{result="allowed"\|"over_limit"\|"failed"}` |
 //!
@@ -102,11 +103,15 @@ impl Metrics {
         }
     }
 
-    /// Audio the sidecar reported and the filter charged, in milliseconds.
-    pub fn audio_charged(&self, host: &dyn Host, seconds: f64) {
+    /// Audio the sidecar reported and the filter charged, in milliseconds, in all and for the
+    /// caller's plan.
+    pub fn audio_charged(&self, host: &dyn Host, plan: Option<&str>, seconds: f64) {
         let millis = (seconds * 1000.0).round() as u64;
         if millis > 0 {
             self.add(host, "voxgate.audio_milliseconds_charged", millis);
+            if let Some(plan) = plan {
+                self.add(host, &format!("voxgate.plan_audio_milliseconds.{}", label(plan)), millis);
+            }
         }
     }
 

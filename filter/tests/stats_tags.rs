@@ -55,7 +55,7 @@ fn every_metric_name_gets_its_prometheus_name_and_labels() {
         labels.sort();
         labels
     };
-    let cases: [(&str, &str, &[(&str, &str)]); 12] = [
+    let cases: [(&str, &str, &[(&str, &str)]); 13] = [
         ("voxgate.decision.token_expired", "voxgate_decision", &[("reason", "token_expired")]),
         ("voxgate.decision.allowed", "voxgate_decision", &[("reason", "allowed")]),
         ("voxgate.rate_limited.global_requests", "voxgate_rate_limited", &[("bucket", "global_requests")]),
@@ -66,6 +66,7 @@ fn every_metric_name_gets_its_prometheus_name_and_labels() {
         ("voxgate.cluster.over_limit", "voxgate_cluster", &[("result", "over_limit")]),
         ("voxgate.characters_admitted", "voxgate_characters_admitted", &[]),
         ("voxgate.audio_milliseconds_charged", "voxgate_audio_milliseconds_charged", &[]),
+        ("voxgate.plan_audio_milliseconds.pro", "voxgate_plan_audio_milliseconds", &[("plan", "pro")]),
         ("voxgate.cas_retries", "voxgate_cas_retries", &[]),
         ("voxgate.cluster.failed", "voxgate_cluster", &[("result", "failed")]),
     ];
