@@ -1,7 +1,8 @@
 """The filter as an OCI image (tools/filter_image.sh, `make filter-image`), inspected blob by blob:
 a valid OCI image layout whose tag names a manifest with exactly one layer, that layer holding
 only `plugin.wasm`, byte for byte the built module; every blob's digest and size as its
-descriptor says. And the deployment manifests reference the images this repository builds."""
+descriptor says. And the deployment manifests reference the images this repository builds, and the
+sidecar image installs every shared library its binaries link."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import subprocess
 import tarfile
@@ -101,3 +103,54 @@ def test_the_image_builds_copy_every_workspace_member():
     for containerfile in (REPO_ROOT / "sidecar" / "Containerfile", REPO_ROOT / "rls" / "Containerfile"):
         text = containerfile.read_text()
         assert all(f"COPY {m} {m}" in text for m in members), containerfile
+
+
+# In the Debian base image already; the others must be installed.
+BASE_PACKAGES = {"libc6", "libgcc-s1", "libstdc++6"}
+
+
+def _stages(containerfile: str) -> list[str]:
+    return ["FROM" + stage for stage in containerfile.split("\nFROM")[1:]]
+
+
+def _apt_installed(stage: str) -> set[str]:
+    packages: set[str] = set()
+    for command in stage.replace("\\\n", " ").split("&&"):
+        words = command.split()
+        if "apt-get" in words and "install" in words:
+            packages |= {w for w in words[words.index("install") + 1:] if not w.startswith("-")}
+    return packages
+
+
+def _linked_packages(binary: Path) -> set[str]:
+    """The Debian packages of the shared libraries `binary` names (its NEEDED entries)."""
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]",
+                        subprocess.run(["readelf", "-d", str(binary)], check=True, capture_output=True,
+                                       text=True).stdout)
+    resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", subprocess.run(["ldd", str(binary)], check=True,
+                                                                      capture_output=True, text=True).stdout, re.M))
+    packages = set()
+    for soname in needed:
+        if soname not in resolved:
+            continue  # the dynamic loader itself
+        owner = subprocess.run(["dpkg", "-S", os.path.realpath(resolved[soname])], capture_output=True, text=True)
+        if owner.returncode != 0:
+            owner = subprocess.run(["dpkg", "-S", resolved[soname]], check=True, capture_output=True, text=True)
+        packages.add(owner.stdout.split(":")[0])
+    return packages
+
+
+def test_the_sidecar_image_installs_every_library_its_binaries_link():
+    """What the built binaries link (readelf, resolved by ldd, owned per dpkg) is what the
+    Containerfile installs: each library's -dev package where it builds, the library where it runs."""
+    stages = _stages((REPO_ROOT / "sidecar" / "Containerfile").read_text())
+    [build] = [stage for stage in stages if "cargo build" in stage]
+    build_packages, runtime_packages = _apt_installed(build), _apt_installed(stages[-1])
+    linked = set()
+    for binary in ("voxgate-sidecar", "voxgate-phonemizer"):
+        linked |= _linked_packages(REPO_ROOT / "target" / "release" / binary)
+    assert {"libmp3lame0", "libopus0", "libespeak-ng1"} <= linked, linked
+    for package in sorted(linked - BASE_PACKAGES):
+        assert package in runtime_packages, f"the runtime stage does not install {package}"
+        dev = re.sub(r"\d+$", "", package) + "-dev"
+        assert dev in build_packages, f"the build stage does not install {dev}"
