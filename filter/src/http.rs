@@ -19,7 +19,7 @@ use crate::access_log;
 use crate::auth::{self, Cached};
 use crate::config::CompiledConfig;
 use crate::decision::{Code, Rejection};
-use crate::host::{Host, HostError};
+use crate::host::{GrpcRequest, Host, HostError};
 use crate::metrics::Metrics;
 use crate::ratelimit::cluster::{self, Answer, FailureMode, GlobalLimit};
 use crate::ratelimit::{client_key, AudioBudget, Identity, Outcome, StoreError, Verdict};
@@ -581,8 +581,14 @@ impl RequestFlow {
             return self.forward_admitted(host, guard, verdict, chars);
         };
         let config = tier.config();
-        match host.dispatch_grpc_call(&config.service, cluster::SERVICE, cluster::METHOD, &query.message, tier.timeout())
-        {
+        let call = GrpcRequest {
+            cluster: &config.service,
+            service: cluster::SERVICE,
+            method: cluster::METHOD,
+            message: &query.message,
+            timeout: tier.timeout(),
+        };
+        match host.dispatch_grpc_call(&call) {
             Ok(call) => {
                 self.pending = Some(Pending { call, verdict, chars, limits: query.limits });
                 self.stage = Stage::AwaitingCluster;

@@ -1,18 +1,24 @@
 //! Raw proxy-wasm 0.2.1 imports. Statuses are read as plain `u32` so an unexpected value
 //! cannot be undefined behaviour.
 
+// Statuses (`WasmResult`).
 pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const CAS_MISMATCH: u32 = 8;
 
+// Header maps (`MapType`).
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
 pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+
+// Buffers (`BufferType`).
 pub const BUFFER_REQUEST_BODY: u32 = 0;
 pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
 pub const BUFFER_GRPC_RECEIVE: u32 = 5;
-pub const STREAM_HTTP_REQUEST: u32 = 0;
 pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+
+// The stream a paused request continues on (`StreamType`), and the metric kind (`MetricType`).
+pub const STREAM_HTTP_REQUEST: u32 = 0;
 pub const METRIC_COUNTER: u32 = 0;
 
 #[link(wasm_import_module = "env")]

@@ -48,6 +48,17 @@ pub type Headers = Vec<(String, String)>;
 /// The answer to an HTTP call: its headers and its body.
 pub type CallResponse = (Headers, Vec<u8>);
 
+/// A unary gRPC call to make: `service`/`method` on the Envoy cluster `cluster`, with the
+/// serialized request `message`, answered or failed within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcRequest<'a> {
+    pub cluster: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub message: &'a [u8],
+    pub timeout: Duration,
+}
+
 /// The host calls made by the request flow and the root context.
 ///
 /// Shared data comes through the `SharedStore` supertrait, so the rate limiter can use any
@@ -93,14 +104,7 @@ pub trait Host: SharedStore {
     fn http_call_response(&self, body_size: usize) -> Result<CallResponse, HostError>;
     /// Starts a unary gRPC call to an Envoy cluster (HTTP/2); the answer arrives in
     /// `on_grpc_call_response`, or a non-zero gRPC status there when the call fails or times out.
-    fn dispatch_grpc_call(
-        &self,
-        cluster: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Result<u32, HostError>;
+    fn dispatch_grpc_call(&self, call: &GrpcRequest) -> Result<u32, HostError>;
     /// The first `size` bytes of the gRPC answer being delivered right now.
     fn grpc_call_response(&self, size: usize) -> Result<Option<Vec<u8>>, HostError>;
     /// Lets the request the filter paused go on to the next filter.

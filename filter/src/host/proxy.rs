@@ -9,7 +9,7 @@ use proxy_wasm::types::LogLevel;
 
 use super::abi;
 use super::header_map::{decode_header_map, encode_header_map};
-use super::{CallResponse, Headers, Host, HostError};
+use super::{CallResponse, GrpcRequest, Headers, Host, HostError};
 use crate::ratelimit::{SharedStore, StoreError};
 
 /// `Host` over the proxy-wasm ABI of the Envoy the module runs in.
@@ -216,17 +216,11 @@ impl Host for ProxyHost {
         Ok((headers, body))
     }
 
-    fn dispatch_grpc_call(
-        &self,
-        cluster: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Result<u32, HostError> {
+    fn dispatch_grpc_call(&self, call: &GrpcRequest) -> Result<u32, HostError> {
         // The SDK's wrapper, for the same reason as `dispatch_http_call`: the answer is only
         // delivered to a call its dispatcher registered. Envoy's `grpc_call` returns OK, or
         // ParseFailure for a cluster it does not know, which the wrapper passes on.
+        let GrpcRequest { cluster, service, method, message, timeout } = *call;
         proxy_wasm::hostcalls::dispatch_grpc_call(cluster, service, method, Vec::new(), Some(message), timeout)
             .map_err(|status| HostError::new("proxy_grpc_call", status as u32))
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use proxy_wasm::types::LogLevel;
 
 use super::MemoryStore;
-use crate::host::{CallResponse, Headers, Host, HostError};
+use crate::host::{CallResponse, GrpcRequest, Headers, Host, HostError};
 use crate::ratelimit::{SharedStore, StoreError};
 
 /// A local response the flow sent.
@@ -270,24 +270,17 @@ impl Host for FakeHost {
         Ok(self.http_call_answer.borrow().clone())
     }
 
-    fn dispatch_grpc_call(
-        &self,
-        cluster: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Result<u32, HostError> {
+    fn dispatch_grpc_call(&self, call: &GrpcRequest) -> Result<u32, HostError> {
         if let Some(status) = self.fail_grpc_dispatch.get() {
             return Err(HostError::new("proxy_grpc_call", status));
         }
         let mut calls = self.grpc_calls.borrow_mut();
         calls.push(GrpcCall {
-            cluster: cluster.to_string(),
-            service: service.to_string(),
-            method: method.to_string(),
-            message: message.to_vec(),
-            timeout,
+            cluster: call.cluster.to_string(),
+            service: call.service.to_string(),
+            method: call.method.to_string(),
+            message: call.message.to_vec(),
+            timeout: call.timeout,
         });
         Ok(calls.len() as u32)
     }
