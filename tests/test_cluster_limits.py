@@ -39,12 +39,14 @@ SHORT_TEXT = "Hi."
 RLS_TIMEOUT_MS = 200
 
 
-def cluster_filter_config(stack, rls_port: int, failure_mode: str = "deny", local_only_seconds: int = 5) -> dict:
+def cluster_filter_config(stack, rls_port: int, failure_mode: str = "deny", local_only_seconds: int = 5,
+                          requests: int = REQUEST_BUDGET, characters: int = CHARACTER_BUDGET,
+                          reserve: float | None = None) -> dict:
     config = stack.filter_config(metered_metadata=True)
     limits = config["rate_limits"]
     limits["plans"] = {
-        "free": {"requests": {"capacity": REQUEST_BUDGET, "refill_per_second": 0},
-                 "characters": {"capacity": CHARACTER_BUDGET, "refill_per_second": 0}},
+        "free": {"requests": {"capacity": requests, "refill_per_second": 0},
+                 "characters": {"capacity": characters, "refill_per_second": 0}},
     }
     limits["default_plan"] = "free"
     limits.pop("anonymous", None)
@@ -54,6 +56,8 @@ def cluster_filter_config(stack, rls_port: int, failure_mode: str = "deny", loca
         "failure_mode": failure_mode, "local_only_seconds": local_only_seconds,
         "limits": ["subject_requests", "subject_characters"],
     }
+    if reserve is not None:
+        limits["cluster"]["reserve"] = reserve
     return config
 
 
@@ -120,10 +124,10 @@ def session() -> requests.Session:
     return _local.session
 
 
-def flood(stack, envoys, send, per_subject: int, tag: str) -> dict[str, list[requests.Response]]:
-    """`per_subject` requests from each of SUBJECTS fresh subjects, sent concurrently and spread
+def flood(stack, envoys, send, per_subject: int, tag: str, count: int = SUBJECTS) -> dict[str, list[requests.Response]]:
+    """`per_subject` requests from each of `count` fresh subjects, sent concurrently and spread
     over every Envoy in turn; the answers by subject."""
-    subjects = [fresh_subject(tag) for _ in range(SUBJECTS)]
+    subjects = [fresh_subject(tag) for _ in range(count)]
     headers = {s: bearer(stack, s) for s in subjects}
     jobs = [(s, envoys[(i + n) % len(envoys)]) for n in range(per_subject) for i, s in enumerate(subjects)]
     with ThreadPoolExecutor(16) as pool:
@@ -195,6 +199,84 @@ def test_the_service_reports_its_decisions_and_readiness(rls, envoys):
     assert metrics.value("voxgate_rls_storage_up") == 1
     assert metrics.value("voxgate_rls_requests_total", result="ok") > 0
     assert metrics.value("voxgate_rls_requests_total", result="over_limit") > 0
+
+
+# Reserving mode: budgets large enough for blocks of a tenth of them.
+RESERVE = 0.1
+RESERVE_REQUESTS = 60
+RESERVE_CHARACTERS = 90
+RESERVE_SUBJECTS = 20
+RESERVE_WORKERS = 2
+
+
+def reserve_config(stack, rls_port: int) -> dict:
+    return cluster_filter_config(stack, rls_port, requests=RESERVE_REQUESTS, characters=RESERVE_CHARACTERS,
+                                 reserve=RESERVE)
+
+
+@pytest.fixture(scope="module")
+def reserving_envoys(stack, redis, tmp_path_factory):
+    """Three Envoys reserving blocks of the budget, with their own voxgate-rls (same Redis)."""
+    service = RateLimitService(tmp_path_factory.mktemp("rls-reserve"), reserve_config(stack, 0), redis,
+                               storage_timeout_ms=RLS_TIMEOUT_MS // 2).start()
+    started = [stack.new_envoy(reserve_config(stack, service.port), concurrency=RESERVE_WORKERS,
+                               rls_port=service.port).start() for _ in range(3)]
+    try:
+        yield started
+    finally:
+        for envoy in started:
+            envoy.stop()
+        service.stop()
+
+
+def cluster_count(envoy, result: str) -> int:
+    try:
+        return int(envoy.stats().value("voxgate_cluster", result=result))
+    except KeyError:  # a counter Envoy has not created yet: nothing counted
+        return 0
+
+
+def cluster_calls(envoys) -> int:
+    return sum(cluster_count(e, r) for e in envoys for r in ("allowed", "over_limit", "failed"))
+
+
+def assert_within_the_reserve_bound(by_subject, budget: int, unit: int, envoys) -> list[int]:
+    """Never more than the budget; at most a block per Envoy worker left unspent (the documented
+    bound: Envoys × workers × reserve × capacity)."""
+    block = int(budget * RESERVE)
+    bound = len(envoys) * RESERVE_WORKERS * block
+    allowed = []
+    for subject, answers in by_subject.items():
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 429}, (subject, statuses)
+        spent = statuses.count(200) * unit
+        assert budget - bound <= spent <= budget, (subject, spent, budget, bound)
+        allowed.append(spent)
+    return allowed
+
+
+def test_reserving_envoys_never_overshoot_and_ask_the_service_less_often(stack, reserving_envoys):
+    calls_before = cluster_calls(reserving_envoys)
+    by_subject = flood(stack, reserving_envoys, models, per_subject=2 * RESERVE_REQUESTS, tag="reserve",
+                       count=RESERVE_SUBJECTS)
+    allowed = assert_within_the_reserve_bound(by_subject, RESERVE_REQUESTS, 1, reserving_envoys)
+    sent = RESERVE_SUBJECTS * 2 * RESERVE_REQUESTS
+    calls = cluster_calls(reserving_envoys) - calls_before
+    reserved = sum(cluster_count(e, "reserved") for e in reserving_envoys)
+    spent = sum(cluster_count(e, "spent") for e in reserving_envoys)
+    print(f"reserve {RESERVE}: allowed per subject {min(allowed)}..{max(allowed)} of {RESERVE_REQUESTS}; "
+          f"{calls} calls for {sent} requests, {reserved} admitted from reserved blocks, "
+          f"{spent} refused from what the service said was left")
+    assert reserved > 0 and spent > 0
+    # Synchronous, every one of these requests would have been a call.
+    assert calls < sent / 4, (calls, sent)
+
+
+def test_reserving_envoys_hold_the_character_budget(stack, reserving_envoys):
+    by_subject = flood(stack, reserving_envoys, speech, per_subject=2 * RESERVE_CHARACTERS // len(SHORT_TEXT),
+                       tag="reserve-chars", count=RESERVE_SUBJECTS // 2)
+    allowed = assert_within_the_reserve_bound(by_subject, RESERVE_CHARACTERS, len(SHORT_TEXT), reserving_envoys)
+    print(f"reserve {RESERVE}: characters allowed per subject {min(allowed)}..{max(allowed)} of {RESERVE_CHARACTERS}")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ use crate::config::CompiledConfig;
 use crate::decision::{Code, Rejection};
 use crate::host::{GrpcRequest, Host, HostError};
 use crate::metrics::Metrics;
-use crate::ratelimit::cluster::{self, Answer, FailureMode, GlobalLimit};
+use crate::ratelimit::cluster::{self, Answer, FailureMode, Prepared, Query};
 use crate::ratelimit::{client_key, AudioBudget, Identity, Outcome, StoreError, Verdict};
 use crate::response::{self, RequestLabels};
 use crate::routes::{self, Api, Budget, Route};
@@ -120,7 +120,10 @@ struct Pending {
     call: u32,
     verdict: Verdict,
     chars: u64,
-    limits: Vec<GlobalLimit>,
+    query: Query,
+    /// When the call went out (ms): a block the service counts expires no later than this
+    /// plus its counter's reset time.
+    started_ms: u64,
 }
 
 impl RequestFlow {
@@ -286,11 +289,15 @@ impl RequestFlow {
         }
     }
 
-    /// Gives back everything the local buckets took for `pending`, which a later tier refused
-    /// or its client left.
+    /// Gives back everything the local buckets and this Envoy's reservations took for
+    /// `pending`, which a later tier refused or its client left.
     fn give_back(&mut self, host: &dyn Host, guard: &Guard, pending: &Pending) -> Result<(), Stop> {
         let now_ms = self.now_ms(host)?;
-        let retries = guard.config.rate_limits.give_back(host, now_ms, &pending.verdict.receipt)?;
+        let limiter = &guard.config.rate_limits;
+        if let Some(tier) = limiter.cluster() {
+            tier.give_back(host, now_ms, &pending.query)?;
+        }
+        let retries = limiter.give_back(host, now_ms, &pending.verdict.receipt)?;
         guard.metrics.cas_retries(host, retries);
         Ok(())
     }
@@ -573,30 +580,51 @@ impl RequestFlow {
             Outcome::Admitted => None,
         };
         let tier = limiter.cluster().filter(|tier| !tier.in_local_only(now_ms));
-        let query = tier.and_then(|tier| tier.query(&who, limiter.plan_name(&who), chars));
+        let prepared = match tier {
+            Some(tier) => tier.prepare(host, now_ms, &who, limiter.plan_name(&who), chars)?,
+            None => Prepared::Nothing,
+        };
         if let Some(limit) = shadow_refused_by {
             self.report_shadow_refusal(host, guard, limit)?;
         }
-        let (Some(tier), Some(query)) = (tier, query) else {
-            return self.forward_admitted(host, guard, verdict, chars);
+        match prepared {
+            Prepared::Nothing => self.forward_admitted(host, guard, verdict, chars),
+            Prepared::Reserved => {
+                guard.metrics.cluster_reserved(host);
+                self.forward_admitted(host, guard, verdict, chars)
+            }
+            Prepared::Ask(query) => self.ask_cluster(host, guard, Pending { call: 0, verdict, chars, query, started_ms: now_ms }),
+            Prepared::Refused(answer) => {
+                guard.metrics.cluster_known_spent(host);
+                let pending = Pending { call: 0, verdict, chars, query: Query::default(), started_ms: now_ms };
+                self.decide_by_cluster(host, guard, pending, answer)
+            }
+        }
+    }
+
+    /// Puts `pending`'s query to the cluster's rate-limit service and waits for the answer.
+    fn ask_cluster(&mut self, host: &dyn Host, guard: &Guard, mut pending: Pending) -> Result<Action, Stop> {
+        let Some(tier) = guard.config.rate_limits.cluster() else {
+            return Err(Stop::Internal("a cluster query without a cluster tier".into()));
         };
-        let config = tier.config();
         let call = GrpcRequest {
-            cluster: &config.service,
+            cluster: &tier.config().service,
             service: cluster::SERVICE,
             method: cluster::METHOD,
-            message: &query.message,
+            message: &pending.query.message,
             timeout: tier.timeout(),
         };
         match host.dispatch_grpc_call(&call) {
             Ok(call) => {
-                self.pending = Some(Pending { call, verdict, chars, limits: query.limits });
+                pending.call = call;
+                self.pending = Some(pending);
                 self.stage = Stage::AwaitingCluster;
                 Ok(Action::Pause)
             }
             Err(e) => {
-                let pending = Pending { call: 0, verdict, chars, limits: query.limits };
-                self.decide_by_cluster(host, guard, pending, Answer::Failed(format!("the call could not start: {e}")))
+                let answer = Answer::Failed(format!("the call could not start: {e}"));
+                guard.metrics.cluster_answer(host, &answer);
+                self.decide_by_cluster(host, guard, pending, answer)
             }
         }
     }
@@ -611,8 +639,19 @@ impl RequestFlow {
             0 => host.grpc_call_response(size.min(cluster::MAX_ANSWER_BYTES + 1)).ok().map(Option::unwrap_or_default),
             _ => None,
         };
-        let answer = tier.answer(&pending.limits, grpc_status, message.as_deref());
-        let result = self.decide_by_cluster(host, &guard, pending, answer);
+        let answer = tier.answer(&pending.query.limits, grpc_status, message.as_deref());
+        guard.metrics.cluster_answer(host, &answer);
+        let result = match answer {
+            // The blocks did not fit what is left: the request alone may.
+            Answer::OverLimit { ref spent, .. } if pending.query.reserves() && tier.exact_may_pass(&pending.query, spent) => {
+                let query = pending.query.exact();
+                match self.now_ms(host) {
+                    Ok(started_ms) => self.ask_cluster(host, &guard, Pending { query, started_ms, ..pending }),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            answer => self.decide_by_cluster(host, &guard, pending, answer),
+        };
         if self.settle(host, &guard, result) == Action::Continue {
             if let Err(e) = host.resume_request() {
                 host.log(LogLevel::Error, &format!("voxgate: admitted request not resumed: {e}"));
@@ -628,14 +667,18 @@ impl RequestFlow {
             return Err(Stop::Internal("a cluster answer without a cluster tier".into()));
         };
         let now_ms = self.now_ms(host)?;
-        guard.metrics.cluster_answer(host, &answer);
         match answer {
-            Answer::Allowed => self.forward_admitted(host, guard, pending.verdict, pending.chars),
-            Answer::OverLimit { limit, .. } if limiter.shadow() => {
+            Answer::Allowed { resets_ms } => {
+                tier.keep_reserved(host, now_ms, &pending.query, &resets_ms, pending.started_ms)?;
+                self.forward_admitted(host, guard, pending.verdict, pending.chars)
+            }
+            Answer::OverLimit { limit, ref spent, .. } if limiter.shadow() => {
+                tier.remember_refusal(host, now_ms, &pending.query, spent, pending.started_ms)?;
                 self.report_shadow_refusal(host, guard, limit.refusal_name())?;
                 self.forward_admitted(host, guard, pending.verdict, pending.chars)
             }
-            Answer::OverLimit { limit, retry_after_s, headers } => {
+            Answer::OverLimit { limit, retry_after_s, headers, spent } => {
+                tier.remember_refusal(host, now_ms, &pending.query, &spent, pending.started_ms)?;
                 self.give_back(host, guard, &pending)?;
                 let name = limit.refusal_name();
                 self.limit = Some(name.to_string());
@@ -1723,6 +1766,96 @@ mod tests {
         let exchange = send(&guard, &host, &refs(&get("/v1/models", Some(&bearer(&token("erin"))))), None);
         assert_refused(&host, &exchange, 429, "rate_limited");
         assert_eq!(access_logged(&host).1, "subject_requests", "the local bucket, now spent");
+    }
+
+    fn hits_asked(host: &FakeHost) -> Vec<u64> {
+        let calls = host.grpc_calls.borrow();
+        let request = RateLimitRequest::decode(calls.last().unwrap().message.as_slice()).unwrap();
+        request.descriptors.iter().map(|d| d.hits_addend.as_ref().unwrap().value).collect()
+    }
+
+    #[test]
+    fn a_reserving_tier_asks_once_per_block_and_asks_again_for_the_exact_cost_when_the_block_does_not_fit() {
+        let mut config = cluster_config("deny");
+        config["rate_limits"]["plans"]["free"]["requests"] = json!({"capacity": 100, "refill_per_second": 0});
+        config["rate_limits"]["cluster"]["limits"] = json!(["subject_requests"]);
+        config["rate_limits"]["cluster"]["reserve"] = json!(0.05);
+        let guard = guard_from(config);
+        let host = host();
+        let request = get("/v1/models", Some(&bearer(&token("kit"))));
+        let models = || refs(&request);
+        let counted = |reset_s: i64| {
+            encoded(&RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                statuses: vec![DescriptorStatus {
+                    code: Code::Ok as i32,
+                    current_limit: None,
+                    limit_remaining: 50,
+                    duration_until_reset: Some(Duration { seconds: reset_s, nanos: 0 }),
+                }],
+            })
+        };
+        let over = encoded(&RateLimitResponse { overall_code: Code::OverLimit as i32, statuses: vec![] });
+
+        let mut exchange = send(&guard, &host, &models(), None);
+        assert_eq!(hits_asked(&host), vec![1 + 5], "its cost and a block of 5% of 100");
+        cluster_answers(&host, &mut exchange, 0, Some(counted(60)));
+        assert_eq!(host.resumed.get(), 1);
+        exchange.flow.on_log(&host);
+        for _ in 0..5 {
+            let mut exchange = send(&guard, &host, &models(), None);
+            assert_forwarded(&host, &exchange);
+            exchange.flow.on_log(&host);
+        }
+        assert_eq!(host.grpc_calls.borrow().len(), 1, "the block covered five requests");
+        assert_eq!(host.counter("voxgate.cluster.reserved"), 5);
+
+        // The block no longer fits what the service has left: the request alone is asked.
+        let mut exchange = send(&guard, &host, &models(), None);
+        cluster_answers(&host, &mut exchange, 0, Some(over.clone()));
+        assert!(host.sent().is_none(), "not refused for the block");
+        assert_eq!(host.grpc_calls.borrow().len(), 3);
+        assert_eq!(hits_asked(&host), vec![1]);
+        cluster_answers(&host, &mut exchange, 0, Some(counted(30)));
+        assert_eq!(host.resumed.get(), 2);
+        exchange.flow.on_log(&host);
+
+        // Spent: both questions refused, a 429, and the local token given back.
+        let mut exchange = send(&guard, &host, &models(), None);
+        assert_eq!(hits_asked(&host), vec![6], "an exact answer kept no block");
+        cluster_answers(&host, &mut exchange, 0, Some(over.clone()));
+        cluster_answers(&host, &mut exchange, 0, Some(over));
+        assert_refused(&host, &exchange, 429, "rate_limited");
+        assert_eq!(access_logged(&host).1, "cluster_subject_requests");
+        assert_eq!(host.grpc_calls.borrow().len(), 5);
+    }
+
+    #[test]
+    fn a_reservation_ends_with_the_services_window() {
+        let mut config = cluster_config("deny");
+        config["rate_limits"]["plans"]["free"]["requests"] = json!({"capacity": 100, "refill_per_second": 0});
+        config["rate_limits"]["cluster"]["limits"] = json!(["subject_requests"]);
+        config["rate_limits"]["cluster"]["reserve"] = json!(0.05);
+        let guard = guard_from(config);
+        let host = host();
+        let request = get("/v1/models", Some(&bearer(&token("lou"))));
+        let models = || refs(&request);
+        let mut exchange = send(&guard, &host, &models(), None);
+        let counted = RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses: vec![DescriptorStatus {
+                code: Code::Ok as i32,
+                current_limit: None,
+                limit_remaining: 50,
+                duration_until_reset: Some(Duration { seconds: 2, nanos: 0 }),
+            }],
+        };
+        cluster_answers(&host, &mut exchange, 0, Some(encoded(&counted)));
+        exchange.flow.on_log(&host);
+        host.advance(2_000);
+        let exchange = send(&guard, &host, &models(), None);
+        assert_eq!(exchange.actions.last(), Some(&Action::Pause), "the block was counted in a window that is over");
+        assert_eq!(host.grpc_calls.borrow().len(), 2);
     }
 
     #[test]

@@ -86,11 +86,21 @@ impl Metrics {
     /// How the cluster's rate-limit service answered: `allowed`, `over_limit` or `failed`.
     pub fn cluster_answer(&self, host: &dyn Host, answer: &Answer) {
         let result = match answer {
-            Answer::Allowed => "allowed",
+            Answer::Allowed { .. } => "allowed",
             Answer::OverLimit { .. } => "over_limit",
             Answer::Failed(_) => "failed",
         };
         self.add(host, &format!("voxgate.cluster.{result}"), 1);
+    }
+
+    /// A request this Envoy's reservations admitted without a call.
+    pub fn cluster_reserved(&self, host: &dyn Host) {
+        self.add(host, "voxgate.cluster.reserved", 1);
+    }
+
+    /// A request refused without a call: the service had said its holder's budget is spent.
+    pub fn cluster_known_spent(&self, host: &dyn Host) {
+        self.add(host, "voxgate.cluster.spent", 1);
     }
 
     pub fn shadow_refused(&self, host: &dyn Host, bucket: &str) {

@@ -31,15 +31,18 @@ fuzz_target!(|data: &[u8]| {
         failure_mode: Default::default(),
         local_only_seconds: 5,
         limits: GlobalLimit::ALL.to_vec(),
+        reserve: None,
     };
     let style = if selector & 0x40 == 0 { HeaderStyle::Draft03 } else { HeaderStyle::Ietf };
-    let tier = ClusterTier::new(config, style);
+    let tier = ClusterTier::new(config, &[], style, 64);
     let decoded = RateLimitResponse::decode(message).ok();
     match tier.answer(&limits, 0, Some(message)) {
-        Answer::Allowed => {
+        Answer::Allowed { resets_ms } => {
             assert_eq!(decoded.map(|r| r.overall_code), Some(Code::Ok as i32), "allowed without an OK");
+            assert_eq!(resets_ms.len(), limits.len(), "one reset per descriptor asked");
         }
-        Answer::OverLimit { limit, retry_after_s, headers } => {
+        Answer::OverLimit { limit, retry_after_s, headers, spent } => {
+            assert_eq!(spent.len(), limits.len(), "one entry per descriptor asked");
             assert_eq!(decoded.map(|r| r.overall_code), Some(Code::OverLimit as i32), "refused without OVER_LIMIT");
             assert!(limits.contains(&limit), "refused by a limit nobody asked about");
             assert!((1..=NEVER_RESETS_SECONDS).contains(&retry_after_s), "Retry-After {retry_after_s}");

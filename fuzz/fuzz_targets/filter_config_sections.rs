@@ -11,7 +11,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use voxgate_filter::auth::{AuthConfig, FailedAuthLimit, ProviderConfig, RemoteJwksConfig};
-use voxgate_filter::ratelimit::cluster::{ClusterConfig, FailureMode, GlobalLimit};
+use voxgate_filter::ratelimit::cluster::{ClusterConfig, FailureMode, GlobalLimit, Prepared};
 use voxgate_filter::ratelimit::{
     BucketConfig, BucketTable, HeaderStyle, Identity, PlanConfig, RateLimitConfig, ScopeConfig,
 };
@@ -152,6 +152,8 @@ struct Cluster {
     failure_mode: u8,
     local_only_seconds: Count,
     limits: Vec<u8>,
+    /// `reserve` in hundredths (0: none).
+    reserve: u8,
 }
 
 impl Cluster {
@@ -168,6 +170,7 @@ impl Cluster {
                 .iter()
                 .map(|i| GlobalLimit::ALL[usize::from(*i) % GlobalLimit::ALL.len()])
                 .collect(),
+            reserve: (self.reserve > 0).then(|| f64::from(self.reserve) / 100.0),
         }
     }
 }
@@ -293,8 +296,13 @@ fn rate_limits(l: Limits) {
             for now in [now_ms, now_ms.saturating_add(1), now_ms.wrapping_sub(1)] {
                 if let Ok(verdict) = limiter.admit(&store, now, &who, chars) {
                     if let (true, Some(tier)) = (verdict.allowed(), limiter.cluster()) {
-                        // What a cluster refusal does after an admission: ask, then give back.
-                        let _ = tier.query(&who, limiter.plan_name(&who), chars);
+                        // What the cluster tier does after an admission: take what reservations
+                        // hold, ask, keep the blocks counted, and give back on a refusal.
+                        if let Ok(Prepared::Ask(query)) = tier.prepare(&store, now, &who, limiter.plan_name(&who), chars) {
+                            let resets = vec![Some(60_000); query.limits.len()];
+                            let _ = tier.keep_reserved(&store, now, &query, &resets, now);
+                            let _ = tier.give_back(&store, now, &query.exact());
+                        }
                         let _ = limiter.give_back(&store, now, &verdict.receipt);
                         continue;
                     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::bucket::{BucketSpec, MAX_CAPACITY};
-use super::cluster::ClusterConfig;
+use super::cluster::{ClusterConfig, ServiceLimit};
 use super::headers::HeaderStyle;
 use crate::error::ConfigError;
 
@@ -138,7 +138,8 @@ pub(crate) struct Compiled {
     pub global: Option<CompiledBuckets>,
     pub headers: HeaderStyle,
     pub lease_ttl_ms: u64,
-    pub cluster: Option<ClusterConfig>,
+    /// The cluster tier and the limits its service holds.
+    pub cluster: Option<(ClusterConfig, Vec<ServiceLimit>)>,
 }
 
 const FIELD: &str = "rate_limits";
@@ -224,9 +225,13 @@ impl RateLimitConfig {
             .as_ref()
             .map(|s| buckets(&s.requests, &s.characters, &s.audio_seconds, &format!("{FIELD}.global")))
             .transpose()?;
-        if let Some(cluster) = &self.cluster {
-            cluster.check(&self)?;
-        }
+        let cluster = match &self.cluster {
+            Some(cluster) => {
+                cluster.check(&self)?;
+                Some((cluster.clone(), cluster.service_limits(&self)))
+            }
+            None => None,
+        };
         Ok(Compiled {
             shadow: self.shadow,
             slots: self.slots,
@@ -237,7 +242,7 @@ impl RateLimitConfig {
             global,
             headers: self.headers,
             lease_ttl_ms: self.in_flight_timeout_seconds * 1000,
-            cluster: self.cluster,
+            cluster,
         })
     }
 }

@@ -247,7 +247,7 @@ impl RateLimitConfig {
             subjects,
             anonymous: c.anonymous.map(|b| scope(Kind::Anonymous, "anonymous", c.slots, single(b))),
             global: c.global.map(|b| scope(Kind::Global, "global", 1, single(b))),
-            cluster: c.cluster.map(|config| ClusterTier::new(config, c.headers)),
+            cluster: c.cluster.map(|(config, limits)| ClusterTier::new(config, &limits, c.headers, c.slots)),
             headers: c.headers,
             lease_ttl_ms: c.lease_ttl_ms,
         })

@@ -15,6 +15,9 @@ const FIELD: &str = "rate_limits.cluster";
 pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 /// Accepted `local_only_seconds`.
 pub const LOCAL_ONLY_SECONDS_RANGE: std::ops::RangeInclusive<u64> = 1..=3_600;
+/// The largest `reserve`: beyond half a window's budget per call, one Envoy would hold most of
+/// what the others need.
+pub const MAX_RESERVE: f64 = 0.5;
 
 /// What a request gets when the rate-limit service cannot decide (down, hung, slow, or an
 /// answer that does not decode).
@@ -142,6 +145,10 @@ pub struct ClusterConfig {
     pub local_only_seconds: u64,
     /// The limits the service enforces, each with the numbers of its local bucket.
     pub limits: Vec<GlobalLimit>,
+    /// The share of each limit's capacity a call reserves ahead for the next requests of the
+    /// same holder (see `reserve`); `None`: every request asks the service.
+    #[serde(default)]
+    pub reserve: Option<f64>,
 }
 
 fn default_domain() -> String {
@@ -202,6 +209,14 @@ impl ClusterConfig {
                     LOCAL_ONLY_SECONDS_RANGE.end()
                 ),
             ));
+        }
+        if let Some(reserve) = self.reserve {
+            if !(reserve > 0.0 && reserve <= MAX_RESERVE) {
+                return Err(ConfigError::new(
+                    format!("{FIELD}.reserve"),
+                    format!("must be above 0 and at most {MAX_RESERVE} (a share of each limit's capacity)"),
+                ));
+            }
         }
         if self.limits.is_empty() {
             return Err(ConfigError::new(format!("{FIELD}.limits"), "must name at least one limit"));
