@@ -73,13 +73,14 @@ def router_bootstrap(upstream_port: int) -> dict:
     return _with_filters(_plain_bootstrap(upstream_port), [])
 
 
-def native_bootstrap(upstream_port: int, keys: devkeys.DevKeys, cache: bool) -> dict:
-    """`jwt_authn` + `local_ratelimit` with the policy the filter enforces on `GET /v1/models`."""
+def native_bootstrap(upstream_port: int, keys: devkeys.DevKeys, cache: bool, alg: str = "ES256") -> dict:
+    """`jwt_authn` + `local_ratelimit` with the policy the filter enforces on `GET /v1/models`,
+    verifying tokens signed with the dev key of `alg`."""
     dev = _dev_provider()
     provider = {
         "issuer": dev["issuer"],
         "audiences": dev["audiences"],
-        "local_jwks": {"inline_string": json.dumps({"keys": [keys.key("ES256").jwk]})},
+        "local_jwks": {"inline_string": json.dumps({"keys": [keys.key(alg).jwk]})},
         # What the filter does with a verified token: the subject and the plan become headers
         # for the upstream, and the token itself is not forwarded.
         "forward": False,

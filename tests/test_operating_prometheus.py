@@ -4,7 +4,9 @@ and the Grafana dashboard's queries.
 
 A quiet period, with an occasional refusal, fires nothing; a flood over one plan's request limit
 makes the rate-limit alert for that limit go pending and then firing, and the plan's alert fire.
-Then every dashboard panel's query returns data from what the traffic left.
+Then every dashboard panel's query returns data from what the traffic left. A second Envoy with
+a cluster tier (reserving blocks, on an in-memory voxgate-rls, both scraped too) gives the
+cluster panels theirs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import requests
 
 from harness import PIPER_VOICE
+from harness.cluster import RateLimitService
 from harness.prometheus_server import REPO_ROOT, Prometheus
 from tools import devkeys
 
@@ -37,18 +40,28 @@ def watched(stack, envoy_factory, tmp_path_factory):
     config["rate_limits"]["plans"]["flood"] = {"requests": {"capacity": FLOOD_CAPACITY, "refill_per_second": 0}}
     config["rate_limits"].pop("global", None)
     envoy = envoy_factory(config)
-    prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), {
+    cluster_config = json.loads(json.dumps(config))
+    cluster_config["rate_limits"]["cluster"] = {"service": "voxgate_rls", "limits": ["subject_requests"],
+                                                "reserve": 0.1}
+    rls = RateLimitService(tmp_path_factory.mktemp("rls"), cluster_config, redis=None).start()
+    cluster_envoy = stack.new_envoy(cluster_config, rls_port=rls.port).start()
+    targets = {
         "voxgate-envoy": (f"127.0.0.1:{envoy.admin_port}", "/stats/prometheus"),
+        "voxgate-envoy-cluster": (f"127.0.0.1:{cluster_envoy.admin_port}", "/stats/prometheus"),
         "voxgate-sidecar": (f"127.0.0.1:{stack.sidecar.port}", "/metrics"),
-    }).start()
+        "voxgate-rls": (f"127.0.0.1:{rls.admin_port}", "/metrics"),
+    }
+    prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), targets).start()
     try:
         deadline = time.monotonic() + 20
-        while prometheus.targets_up() != {"voxgate-envoy": True, "voxgate-sidecar": True}:
+        while prometheus.targets_up() != {job: True for job in targets}:
             assert time.monotonic() < deadline, prometheus.targets_up()
             time.sleep(0.5)
-        yield envoy, prometheus
+        yield envoy, cluster_envoy, prometheus
     finally:
         prometheus.stop()
+        cluster_envoy.stop()
+        rls.stop()
 
 
 def get_models(envoy, token: str, session=requests) -> int:
@@ -82,7 +95,7 @@ def rate_limit_alerts(prometheus) -> list[tuple[str, str, str]]:
 
 
 def test_quiet_traffic_fires_nothing_and_a_flood_fires_the_rate_limit_alert(stack, watched):
-    envoy, prometheus = watched
+    envoy, _, prometheus = watched
     with Traffic(stack, envoy) as traffic:
         time.sleep(3)
         # One subject of the flood plan runs out once: refusals, but a small share of them.
@@ -127,7 +140,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
 
 
 def test_every_dashboard_panel_returns_data_after_traffic(stack, watched):
-    envoy, prometheus = watched
+    envoy, cluster_envoy, prometheus = watched
     token = stack.token(sub=f"dash-{uuid.uuid4().hex[:8]}")
     speech = requests.post(envoy.url + "/v1/audio/speech", headers={"Authorization": f"Bearer {token}"},
                            json={"model": "tts-1", "input": "Dashboards need data.", "voice": PIPER_VOICE},
@@ -137,6 +150,8 @@ def test_every_dashboard_panel_returns_data_after_traffic(stack, watched):
     assert get_models(envoy, stack.token(sub="dash-forger", signing_key=devkeys.generate_private("ES256"))) == 401
     flooder = stack.token(sub=f"dash-flood-{uuid.uuid4().hex[:8]}", plan="flood")
     assert [get_models(envoy, flooder) for _ in range(FLOOD_CAPACITY + 1)][-1] == 429
+    # Through the cluster tier: a call, then requests its reserved block admits.
+    assert [get_models(cluster_envoy, token) for _ in range(3)] == [200] * 3
 
     queries = dashboard_queries()
     assert len(queries) >= 10
