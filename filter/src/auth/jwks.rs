@@ -5,10 +5,13 @@
 //! a P-384 key only ES384, an Ed25519 key only EdDSA and an `oct` secret only HS*. A token
 //! header can therefore never make a public key act as an HMAC secret.
 
+use std::sync::Arc;
+
 use jwt_simple::prelude::*;
 use serde_json::{Map, Value};
 
 use super::es256::Es256Key;
+use super::rsa_pkcs1::{RsaHash, RsaKey};
 
 /// Most keys accepted in one key set; identity providers publish a handful.
 const MAX_KEYS: usize = 64;
@@ -91,9 +94,8 @@ pub(crate) enum Verifier {
     Hs256(HS256Key),
     Hs384(HS384Key),
     Hs512(HS512Key),
-    Rs256(RS256PublicKey),
-    Rs384(RS384PublicKey),
-    Rs512(RS512PublicKey),
+    /// RS256, RS384, RS512: verified by the filter itself, in Montgomery form (`rsa_pkcs1`).
+    Rsa(Arc<RsaKey>, RsaHash),
     Ps256(PS256PublicKey),
     Ps384(PS384PublicKey),
     Ps512(PS512PublicKey),
@@ -109,9 +111,9 @@ impl Verifier {
             Verifier::Hs256(_) => Alg::Hs256,
             Verifier::Hs384(_) => Alg::Hs384,
             Verifier::Hs512(_) => Alg::Hs512,
-            Verifier::Rs256(_) => Alg::Rs256,
-            Verifier::Rs384(_) => Alg::Rs384,
-            Verifier::Rs512(_) => Alg::Rs512,
+            Verifier::Rsa(_, RsaHash::Sha256) => Alg::Rs256,
+            Verifier::Rsa(_, RsaHash::Sha384) => Alg::Rs384,
+            Verifier::Rsa(_, RsaHash::Sha512) => Alg::Rs512,
             Verifier::Ps256(_) => Alg::Ps256,
             Verifier::Ps384(_) => Alg::Ps384,
             Verifier::Ps512(_) => Alg::Ps512,
@@ -122,29 +124,32 @@ impl Verifier {
     }
 
     /// Checks the signature of a compact JWS (jwt-simple also checks the header and time
-    /// claims again; the ES256 check reads only the signing input and the signature).
+    /// claims again; the filter's own ES256 and RS256/384/512 checks read only the signing
+    /// input and the signature).
     pub(crate) fn verify(&self, token: &str, options: VerificationOptions) -> Result<(), jwt_simple::Error> {
         let options = Some(options);
         match self {
             Verifier::Hs256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
             Verifier::Hs384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
             Verifier::Hs512(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            Verifier::Rs256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            Verifier::Rs384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            Verifier::Rs512(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
+            Verifier::Rsa(key, hash) => signed_parts(token, |input, signature| key.verify(*hash, input, signature)),
             Verifier::Ps256(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
             Verifier::Ps384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
             Verifier::Ps512(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
-            Verifier::Es256(key) => {
-                let verified = token.rsplit_once('.').is_some_and(|(input, signature)| {
-                    decode_base64url(signature).is_some_and(|signature| key.verify(input.as_bytes(), &signature))
-                });
-                verified.then_some(()).ok_or_else(|| jwt_simple::JWTError::InvalidSignature.into())
-            }
+            Verifier::Es256(key) => signed_parts(token, |input, signature| key.verify(input, signature)),
             Verifier::Es384(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
             Verifier::EdDsa(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
         }
     }
+}
+
+/// Checks a token's signature on its parts, the signing input (`header.payload`) and the decoded
+/// signature, with `verify`.
+fn signed_parts(token: &str, verify: impl Fn(&[u8], &[u8]) -> bool) -> Result<(), jwt_simple::Error> {
+    let verified = token.rsplit_once('.').is_some_and(|(input, signature)| {
+        decode_base64url(signature).is_some_and(|signature| verify(input.as_bytes(), &signature))
+    });
+    verified.then_some(()).ok_or_else(|| jwt_simple::JWTError::InvalidSignature.into())
 }
 
 /// One JWK: its `kid` and one verifier per algorithm it may be used with.
@@ -342,17 +347,24 @@ fn rsa_verifiers(jwk: &Map<String, Value>, declared: Option<Alg>) -> Result<(Vec
     if significant_e != [1, 0, 1] {
         return Err(key_error("e", "only the public exponent 65537 (AQAB) is accepted"));
     }
+    let not_a_modulus = || key_error("n", "not an RSA modulus of 2048 to 4096 bits");
+    // One key, with its Montgomery parameters, for the PKCS#1 v1.5 algorithms it may sign with.
+    let pkcs1 = match algs.iter().any(|alg| matches!(alg, Alg::Rs256 | Alg::Rs384 | Alg::Rs512)) {
+        true => Some(Arc::new(RsaKey::from_modulus(&n).ok_or_else(not_a_modulus)?)),
+        false => None,
+    };
     let mut verifiers = Vec::with_capacity(algs.len());
     for alg in algs {
+        let rsa = |hash| pkcs1.clone().map(|key| Verifier::Rsa(key, hash)).ok_or_else(not_a_modulus);
         let built = match alg {
-            Alg::Rs256 => RS256PublicKey::from_components(&n, &e).map(Verifier::Rs256),
-            Alg::Rs384 => RS384PublicKey::from_components(&n, &e).map(Verifier::Rs384),
-            Alg::Rs512 => RS512PublicKey::from_components(&n, &e).map(Verifier::Rs512),
-            Alg::Ps256 => PS256PublicKey::from_components(&n, &e).map(Verifier::Ps256),
-            Alg::Ps384 => PS384PublicKey::from_components(&n, &e).map(Verifier::Ps384),
-            _ => PS512PublicKey::from_components(&n, &e).map(Verifier::Ps512),
+            Alg::Rs256 => rsa(RsaHash::Sha256)?,
+            Alg::Rs384 => rsa(RsaHash::Sha384)?,
+            Alg::Rs512 => rsa(RsaHash::Sha512)?,
+            Alg::Ps256 => PS256PublicKey::from_components(&n, &e).map(Verifier::Ps256).map_err(|_| not_a_modulus())?,
+            Alg::Ps384 => PS384PublicKey::from_components(&n, &e).map(Verifier::Ps384).map_err(|_| not_a_modulus())?,
+            _ => PS512PublicKey::from_components(&n, &e).map(Verifier::Ps512).map_err(|_| not_a_modulus())?,
         };
-        verifiers.push(built.map_err(|_| key_error("n", "not an RSA modulus of 2048 to 4096 bits"))?);
+        verifiers.push(built);
     }
     let mut material = n;
     material.extend_from_slice(&e);

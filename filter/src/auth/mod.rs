@@ -23,6 +23,7 @@ mod metadata;
 mod provider;
 mod reject;
 mod remote;
+mod rsa_pkcs1;
 mod token;
 mod verify;
 

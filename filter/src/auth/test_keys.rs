@@ -19,7 +19,7 @@ pub(crate) fn b64(bytes: &[u8]) -> String {
 }
 
 /// One RSA key shared by all tests: pure-Rust RSA key generation is slow.
-fn rsa_key_der() -> &'static [u8] {
+pub(crate) fn rsa_key_der() -> &'static [u8] {
     static DER: OnceLock<Vec<u8>> = OnceLock::new();
     DER.get_or_init(|| RS256KeyPair::generate(2048).and_then(|k| k.to_der()).expect("RSA key generation"))
 }
