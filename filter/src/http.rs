@@ -1768,6 +1768,28 @@ mod tests {
         assert_eq!(access_logged(&host).1, "subject_requests", "the local bucket, now spent");
     }
 
+    /// Blocks of 5 of the free plan's 100 requests.
+    fn reserving_config() -> Value {
+        let mut config = cluster_config("deny");
+        config["rate_limits"]["plans"]["free"]["requests"] = json!({"capacity": 100, "refill_per_second": 0});
+        config["rate_limits"]["cluster"]["limits"] = json!(["subject_requests"]);
+        config["rate_limits"]["cluster"]["reserve"] = json!(0.05);
+        config
+    }
+
+    /// The service admitted the one descriptor asked, its counter resetting in `reset_s`.
+    fn counted(reset_s: i64) -> Vec<u8> {
+        encoded(&RateLimitResponse {
+            overall_code: Code::Ok as i32,
+            statuses: vec![DescriptorStatus {
+                code: Code::Ok as i32,
+                current_limit: None,
+                limit_remaining: 50,
+                duration_until_reset: Some(Duration { seconds: reset_s, nanos: 0 }),
+            }],
+        })
+    }
+
     fn hits_asked(host: &FakeHost) -> Vec<u64> {
         let calls = host.grpc_calls.borrow();
         let request = RateLimitRequest::decode(calls.last().unwrap().message.as_slice()).unwrap();
@@ -1776,25 +1798,10 @@ mod tests {
 
     #[test]
     fn a_reserving_tier_asks_once_per_block_and_asks_again_for_the_exact_cost_when_the_block_does_not_fit() {
-        let mut config = cluster_config("deny");
-        config["rate_limits"]["plans"]["free"]["requests"] = json!({"capacity": 100, "refill_per_second": 0});
-        config["rate_limits"]["cluster"]["limits"] = json!(["subject_requests"]);
-        config["rate_limits"]["cluster"]["reserve"] = json!(0.05);
-        let guard = guard_from(config);
+        let guard = guard_from(reserving_config());
         let host = host();
         let request = get("/v1/models", Some(&bearer(&token("kit"))));
         let models = || refs(&request);
-        let counted = |reset_s: i64| {
-            encoded(&RateLimitResponse {
-                overall_code: Code::Ok as i32,
-                statuses: vec![DescriptorStatus {
-                    code: Code::Ok as i32,
-                    current_limit: None,
-                    limit_remaining: 50,
-                    duration_until_reset: Some(Duration { seconds: reset_s, nanos: 0 }),
-                }],
-            })
-        };
         let over = encoded(&RateLimitResponse { overall_code: Code::OverLimit as i32, statuses: vec![] });
 
         let mut exchange = send(&guard, &host, &models(), None);
@@ -1832,25 +1839,12 @@ mod tests {
 
     #[test]
     fn a_reservation_ends_with_the_services_window() {
-        let mut config = cluster_config("deny");
-        config["rate_limits"]["plans"]["free"]["requests"] = json!({"capacity": 100, "refill_per_second": 0});
-        config["rate_limits"]["cluster"]["limits"] = json!(["subject_requests"]);
-        config["rate_limits"]["cluster"]["reserve"] = json!(0.05);
-        let guard = guard_from(config);
+        let guard = guard_from(reserving_config());
         let host = host();
         let request = get("/v1/models", Some(&bearer(&token("lou"))));
         let models = || refs(&request);
         let mut exchange = send(&guard, &host, &models(), None);
-        let counted = RateLimitResponse {
-            overall_code: Code::Ok as i32,
-            statuses: vec![DescriptorStatus {
-                code: Code::Ok as i32,
-                current_limit: None,
-                limit_remaining: 50,
-                duration_until_reset: Some(Duration { seconds: 2, nanos: 0 }),
-            }],
-        };
-        cluster_answers(&host, &mut exchange, 0, Some(encoded(&counted)));
+        cluster_answers(&host, &mut exchange, 0, Some(counted(2)));
         exchange.flow.on_log(&host);
         host.advance(2_000);
         let exchange = send(&guard, &host, &models(), None);
