@@ -279,6 +279,30 @@ def test_reserving_envoys_hold_the_character_budget(stack, reserving_envoys):
     print(f"reserve {RESERVE}: characters allowed per subject {min(allowed)}..{max(allowed)} of {RESERVE_CHARACTERS}")
 
 
+def test_the_stock_openai_client_through_reserving_envoys_gets_its_budget_then_a_rate_limit_error(
+        stack, reserving_envoys):
+    """OpenAI's own client with its defaults (voice `alloy`, mp3) over three reserving Envoys in
+    turn, twice its budget: at most the plan's characters, at least that less the documented
+    bound, and once spent the client raises its RateLimitError on every Envoy."""
+    token = stack.token(sub=fresh_subject("openai-reserve"))
+    clients = [openai.OpenAI(base_url=f"{e.url}/v1", api_key=token, max_retries=0, timeout=TIMEOUT)
+               for e in reserving_envoys]
+    budget_texts = RESERVE_CHARACTERS // len(SHORT_TEXT)
+    unspent_texts = len(reserving_envoys) * RESERVE_WORKERS * int(RESERVE * RESERVE_CHARACTERS) // len(SHORT_TEXT)
+    outcomes = []
+    for n in range(2 * budget_texts):
+        try:
+            audio = clients[n % 3].audio.speech.create(model="tts-1", voice="alloy", input=SHORT_TEXT).read()
+            assert audio[:3] == b"ID3" or (audio[0] == 0xFF and audio[1] & 0xE0 == 0xE0), "an mp3"
+            outcomes.append("mp3")
+        except openai.RateLimitError as refused:
+            assert "cluster_subject_characters" in refused.response.json()["error"]["message"]
+            assert int(refused.response.headers["Retry-After"]) >= 1
+            outcomes.append("429")
+    assert budget_texts - unspent_texts <= outcomes.count("mp3") <= budget_texts, outcomes
+    assert outcomes[-3:] == ["429"] * 3, outcomes
+
+
 @pytest.fixture(scope="module")
 def mode_envoys(stack, rls):
     """One single-worker Envoy per failure mode (a `local_only` pause is kept per worker)."""

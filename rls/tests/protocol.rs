@@ -25,7 +25,7 @@ fn tier() -> ClusterTier {
                        "anonymous_characters", "global_requests", "global_characters"]}"#,
     )
     .unwrap();
-    ClusterTier::new(config, HeaderStyle::Draft03)
+    ClusterTier::new(config, &[], HeaderStyle::Draft03, 64)
 }
 
 const ALICE: Identity = Identity {
@@ -206,13 +206,20 @@ async fn a_filter_query_decided_by_the_service_is_read_back_by_the_filter() {
             tier.answer(&query.limits, 0, Some(&response.encode_to_vec()))
         }
     };
-    assert_eq!(decide(60).await, Answer::Allowed);
+    // An OK answer reports every counter's reset: what a reserving filter keeps its blocks by.
+    let Answer::Allowed { resets_ms } = decide(60).await else {
+        panic!("should be allowed");
+    };
+    assert_eq!(resets_ms.len(), 4);
+    assert!(resets_ms[..3].iter().all(|reset| reset.is_some_and(|ms| ms > 0)), "{resets_ms:?}");
+    assert_eq!(resets_ms[3], None, "global_characters: no limit here, so nothing to reserve");
     // 60 + 60 characters would pass 100: refused by the characters limit, retry when its
     // 100-second window ends.
     let Answer::OverLimit {
         limit,
         retry_after_s,
         headers,
+        spent,
     } = decide(60).await
     else {
         panic!("should be refused");
@@ -227,7 +234,10 @@ async fn a_filter_query_decided_by_the_service_is_read_back_by_the_filter() {
     };
     assert_eq!(header("X-RateLimit-Remaining"), Some("40"));
     assert_eq!(header("Retry-After"), Some("100"));
-    assert_eq!(decide(40).await, Answer::Allowed);
+    // Nothing was counted for the refused request (all or nothing): 40 are left, as a
+    // reserving filter remembers.
+    assert_eq!(spent[1].map(|s| s.left), Some(40));
+    assert!(matches!(decide(40).await, Answer::Allowed { .. }));
     // Two requests: the requests limit (2 per 20 s) refuses the third.
     let Answer::OverLimit { limit, .. } = decide(0).await else {
         panic!("should be refused");

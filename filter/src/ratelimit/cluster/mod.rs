@@ -371,7 +371,7 @@ impl ClusterTier {
                 _ => continue,
             };
             let block = self.numbers(limit, plan).map_or(0, |n| n.block);
-            let holder = reservation_holder(limit, plan.unwrap_or_default(), &holder);
+            let holder = reservation_holder(&self.config.domain, limit, plan.unwrap_or_default(), &holder);
             descriptors.push((limit, Ask { entries, hits: cost, block, holder }));
         }
         descriptors
@@ -453,10 +453,11 @@ impl ClusterTier {
     }
 }
 
-/// The name of a reservation: length-prefixed, so that no plan and subject can spell another
-/// pair's.
-fn reservation_holder(limit: GlobalLimit, plan: &str, holder: &str) -> String {
-    format!("{}:{}:{plan}:{holder}", limit.name(), plan.len())
+/// The name of a reservation: the service's domain (two configurations of one Envoy may ask
+/// different services), the limit, the plan and the holder, length-prefixed so that no domain,
+/// plan and subject can spell another's.
+fn reservation_holder(domain: &str, limit: GlobalLimit, plan: &str, holder: &str) -> String {
+    format!("{}:{domain}:{}:{}:{plan}:{holder}", domain.len(), limit.name(), plan.len())
 }
 
 /// The milliseconds until each descriptor's counter resets, where the service reported it for

@@ -254,10 +254,13 @@ fn holders_are_kept_apart_and_a_service_without_reset_times_leaves_nothing_reser
 }
 
 #[test]
-fn no_plan_and_subject_spell_another_pairs_reservation() {
+fn no_domain_plan_and_subject_spell_another_reservation() {
     let pairs = [("pro", "alice"), ("pro:alice", ""), ("", "pro:alice"), ("pro:", "alice"), ("pro", ":alice"), ("3", "pro:alice")];
-    let mut names: Vec<String> = pairs.iter().map(|(plan, subject)| reservation_holder(GlobalLimit::SubjectRequests, plan, subject)).collect();
-    names.push(reservation_holder(GlobalLimit::SubjectCharacters, "pro", "alice"));
+    let mut names: Vec<String> =
+        pairs.iter().map(|(plan, subject)| reservation_holder("voxgate", GlobalLimit::SubjectRequests, plan, subject)).collect();
+    names.push(reservation_holder("voxgate", GlobalLimit::SubjectCharacters, "pro", "alice"));
+    names.push(reservation_holder("voxgate:1", GlobalLimit::SubjectRequests, "pro", "alice"));
+    names.push(reservation_holder("tts", GlobalLimit::SubjectRequests, "pro", "alice"));
     let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(distinct.len(), names.len(), "{names:?}");
 }
